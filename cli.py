@@ -6,7 +6,7 @@ Heavy imports (JAX, MuJoCo, Minari) happen inside the commands so that ``safefql
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -22,17 +22,17 @@ app = typer.Typer(
 BOAT = "safefql/BoatNav-v0"
 
 
-class Source(str, Enum):
+class Source(StrEnum):
     offline = "offline"
     rollout = "rollout"
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     shield = "shield"
     policy = "policy"
 
 
-class Starts(str, Enum):
+class Starts(StrEnum):
     safe = "safe"
     uniform = "uniform"
 
@@ -78,7 +78,7 @@ def collect(
     ] = None,
     episodes: Annotated[int, typer.Option(help="Number of episodes.")] = 2500,
     seed: Annotated[int, typer.Option(help="Seed of the whole collection.")] = 0,
-    dataset_id: Annotated[str | None, typer.Option(help="Minari dataset id (default: derived from env).")] = None,
+    dataset_id: Annotated[str | None, typer.Option(help="Minari dataset id (default: from env).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset with this id.")] = False,
     kappa: Annotated[float, typer.Option(help="Surrogate margin h for binary-cost envs.")] = 25.0,
 ) -> None:
@@ -125,7 +125,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Training seed (first seed with --seeds).")] = 0,
     seeds: Annotated[int, typer.Option(help="Train this many seeds at once (vmapped).")] = 1,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
-    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps (0: only at the end).")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps (0: at the end).")] = None,
     eval_episodes: Annotated[int, typer.Option(help="Episodes per evaluation.")] = 20,
     set_: Annotated[
         list[str] | None,
@@ -151,7 +151,8 @@ def train(
         )
     except USER_ERRORS as exc:
         raise _fail(exc) from exc
-    typer.echo(f"checkpoints in {result.out_dir}")
+    paths = ", ".join(str(p) for p in result.policy_paths)
+    typer.echo(f"checkpoints: {paths}")
 
 
 def _config_with_overrides(dataset: str, overrides: list[str]):
@@ -177,7 +178,7 @@ def _config_with_overrides(dataset: str, overrides: list[str]):
 @app.command()
 def calibrate(
     checkpoint: Annotated[Path, typer.Argument(help="Policy checkpoint (policy.eqx) to calibrate in place.")],
-    source: Annotated[Source, typer.Option(help="offline: held-out episodes; rollout: simulator.")] = Source.offline,
+    source: Annotated[Source, typer.Option(help="offline or rollout (simulator).")] = Source.offline,
     eps: Annotated[float, typer.Option(help="Allowed miscoverage / violation rate.")] = 0.05,
     beta: Annotated[float, typer.Option(help="Rollout source: 1 - confidence of the bound.")] = 1e-6,
     starts: Annotated[int, typer.Option(help="Rollout source: number of simulated start states.")] = 1000,
@@ -202,7 +203,9 @@ def calibrate(
 def evaluate(
     env_id: Annotated[str, typer.Argument(help="Gymnasium env id.")] = BOAT,
     agent: Annotated[str, typer.Option(help="random | zero | goal | module:callable")] = "goal",
-    shield: Annotated[str, typer.Option(help="Checkpoint path, 'pretrained', or 'none'.")] = "pretrained",
+    shield: Annotated[
+        str, typer.Option(help="Checkpoint path, 'pretrained', 'none', or 'oracle' (boat ground truth).")
+    ] = "pretrained",
     episodes: Annotated[int, typer.Option(help="Episodes (start states), the same with and without.")] = 100,
     starts: Annotated[Starts, typer.Option(help="Boat start states: oracle-safe or uniform.")] = Starts.safe,
     seed: Annotated[int, typer.Option(help="Seed of the start states and the random agent.")] = 0,
@@ -215,9 +218,12 @@ def evaluate(
 ) -> None:
     """Run an agent with and without the shield from the same start states, side by side."""
     import safefql  # noqa: F401
+    from safefql.shields.evaluate import BoatOracleModel
     from safefql.shields.evaluate import evaluate as run_evaluate
 
-    shield_arg = None if shield.lower() == "none" else shield
+    shield_arg = {"none": None, "oracle": BoatOracleModel() if shield == "oracle" else None}.get(
+        shield, shield
+    )
     try:
         report = run_evaluate(
             env_id,
@@ -296,7 +302,7 @@ def demo(
         "runs/demo"
     ),
     seed: Annotated[int, typer.Option(help="Seed of the whole demo.")] = 0,
-    quick: Annotated[bool, typer.Option(help="A much smaller run (about a minute), for smoke tests.")] = False,
+    quick: Annotated[bool, typer.Option(help="A much smaller run (about a minute).")] = False,
 ) -> None:
     """Collect a boat dataset, train and calibrate SafeFQL, then evaluate it as a policy and as a shield."""
     from safefql.demo import run_demo
@@ -308,4 +314,9 @@ def demo(
 
 
 def main() -> None:
+    # The models are small: multi-threaded BLAS only adds synchronisation cost (and thrashes on busy
+    # machines). Set before NumPy is imported by any command; an explicit user setting wins.
+    import os
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     app()

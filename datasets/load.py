@@ -182,6 +182,15 @@ def _env_id(meta: dict[str, Any]) -> str | None:
     return None
 
 
+def dataset_env_id(dataset_id_or_path: str | os.PathLike) -> str:
+    """The env id a dataset was recorded on, read from its metadata without loading the arrays."""
+    data, name = resolve_data_path(dataset_id_or_path)
+    env_id = _env_id(_read_metadata(data))
+    if env_id is None:
+        raise ValueError(f"dataset {name!r} does not record its env id (no env_spec or safefql metadata)")
+    return env_id
+
+
 # --------------------------------------------------------------------------------------------------
 # Readers: each yields per episode (observations (T+1, d), actions (T, a), rewards, terminations,
 # truncations, cost (T+1,), h (T+1,)); infos may be missing (None).

@@ -11,6 +11,7 @@ os.environ["MINARI_DATASETS_PATH"] = str(_SESSION_DIR / "minari")
 os.environ.setdefault("SAFEFQL_CACHE", str(_SESSION_DIR / "cache"))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small matrices: threads only add contention
 
 
 @pytest.fixture(scope="session")
