@@ -50,7 +50,8 @@ class MLP(eqx.Module):
         sizes = [in_size, *hidden, out_size]
         keys = jax.random.split(key, len(sizes) - 1)
         self.layers = tuple(
-            eqx.nn.Linear(n_in, n_out, key=k) for n_in, n_out, k in zip(sizes[:-1], sizes[1:], keys, strict=True)
+            eqx.nn.Linear(n_in, n_out, key=k)
+            for n_in, n_out, k in zip(sizes[:-1], sizes[1:], keys, strict=True)
         )
         self.activation = activation
         self.squeeze = squeeze

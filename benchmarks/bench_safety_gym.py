@@ -1,0 +1,847 @@
+"""Safety-Gymnasium results (DESIGN.md section 7): SafeFQL, BC-all, BC-safe and FISOR-style on one
+scripted-behaviour dataset per task, plus the SafeFQL shield around the reward-greedy goal_lidar agent.
+
+Per task (``--envs``, default SafetyPointGoal1Gymnasium-v0 and SafetyCarGoal1Gymnasium-v0):
+
+(a) **data**: ``safefql.datasets.collect`` rolls out the scripted mixture (``--mixture``, default
+    ``DEFAULT_SAFETY_GYM_MIXTURE``: goal_lidar, noisy_goal_lidar, hazard_aware, noisy_hazard_aware,
+    random; one policy per episode) for ``--episodes`` 1000-step episodes into a Minari dataset under
+    ``$MINARI_DATASETS_PATH`` (default ``<work-dir>/minari``). Reported: size, collection time, episode
+    cost distribution overall and per behaviour policy (mean episode cost, fraction of episodes with cost).
+    ``--reuse-data`` keeps an existing dataset with the same id (the id encodes env, episodes and seed).
+(b) **training**: SafeFQL via ``safefql.training.trainer.train`` with a CPU-sized config (``CPU_CONFIG``:
+    2x256 critics, 2x256 GELU actor and flow, batch 256; alpha, w_safe, safety_margin from the
+    Safety-Gym defaults unless ``--set key=value``), ``--seeds`` seeds in one vmapped program, 10% of the
+    episodes held out (calibration). BC-all, BC-safe (zero-cost episodes only) and FISOR-style
+    (``train_baseline``; configs in ``baseline_configs``) on the same training episodes, one run per seed.
+    Reported: updates/s and wall time of each.
+(c) **evaluation**: every policy for ``--eval-episodes`` episodes per seed, the same seeded starts for all
+    (``env.reset(seed=EVAL_SEED + i)``), SafeFQL as a policy (one-step actor, z = 0), FISOR with fresh noise
+    per step. Normalised the DSRL way: ``r_norm = (R - R_min) / (R_max - R_min)`` with R_min / R_max the
+    minimum / maximum episode return in the collected dataset (DSRL's ``min/max_episode_reward`` are
+    dataset statistics too), and ``c_norm = C / cost_limit``. The cost limit is not stated in DESIGN.md;
+    ``--cost-limit`` defaults to 25 (the usual Safety-Gymnasium episode cost limit for 1000-step tasks),
+    and the JSON says so. The scripted behaviours are evaluated on the same starts as references.
+    Targets: SafeFQL ``c_norm <= 1`` with ``r_norm >= `` BC-safe's.
+(d) **shield**: the goal_lidar agent (steers at the goal, ignores hazards) alone vs wrapped in
+    ``SafeFQLShield`` with seed 0's checkpoint (fallback "nearest"), at ``delta = 0`` and at the offline
+    conformal ``delta`` (``calibrate(ckpt, "offline", eps=--eps)`` on the held-out episodes) when finite.
+    Reported: episode-cost reduction (target >= 80%), return change, intervention rate.
+
+Prints rich tables and writes ``benchmarks/results/safety_gym.json`` (atomic; results of each env are merged
+into an existing file, so tasks can be run one at a time) with every number, the sizes, the command and the
+machine (including its load average: the numbers depend on what else runs)::
+
+    OPENBLAS_NUM_THREADS=1 uv run python benchmarks/bench_safety_gym.py --envs point --episodes 150 \\
+        --steps 15000 --seeds 1 --eval-episodes 20
+    uv run python benchmarks/bench_safety_gym.py --quick      # tiny everything, a smoke run (~2-4 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results" / "safety_gym.json"
+DEFAULT_WORK = Path("/tmp/safefql-bench-safety-gym")
+ENV_ALIASES = {
+    "point": "SafetyPointGoal1Gymnasium-v0",
+    "car": "SafetyCarGoal1Gymnasium-v0",
+}
+DEFAULT_ENVS = "point,car"
+EVAL_SEED = 10_000  # first reset seed of the evaluation episodes (the collection uses other seeds)
+DEFAULT_COST_LIMIT = 25.0
+COST_LIMIT_NOTE = (
+    "DESIGN.md section 7 records cost_limit but states no value for Safety-Gymnasium; 25 is used: the usual "
+    "episode cost limit of the 1000-step Safety-Gymnasium navigation tasks (Safety-Gymnasium / OmniSafe "
+    "default), taken here per the benchmark brief as OSRL/DSRL's default (not checked against their code). "
+    "DSRL's formula is c_norm = (C + e) / (cost_limit + e) with e = 1 only when cost_limit = 0, i.e. C / "
+    "cost_limit here. Change it with --cost-limit."
+)
+METHODS = {
+    "safefql": "SafeFQL (policy)",
+    "bc": "BC-all",
+    "bc_safe": "BC-safe",
+    "fisor": "FISOR-style",
+}
+REFERENCE_POLICIES = ("goal_lidar", "hazard_aware", "random")
+
+
+# ------------------------------------------------------------------------------------------- configs
+def cpu_config(env_id: str, overrides: dict[str, Any], quick: bool) -> Any:
+    """SafeFQL config sized for a 2-core CPU; alpha / w_safe / safety_margin as in default_config."""
+    from safefql.training.config import default_config
+
+    base = default_config(env_id)
+    cfg = base.replace(
+        critic_hidden=(256, 256),
+        value_hidden=(256, 256),
+        actor_hidden=(256, 256),
+        flow_hidden=(256, 256),
+        batch_size=256,
+        steps_per_call=500,
+    )
+    if quick:
+        cfg = cfg.replace(
+            critic_hidden=(64, 64),
+            value_hidden=(64, 64),
+            actor_hidden=(64, 64),
+            flow_hidden=(64, 64),
+            batch_size=64,
+            flow_steps=5,
+            steps_per_call=100,
+        )
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def baseline_configs(quick: bool) -> dict[str, Any]:
+    """CPU-sized baseline configs (critics as SafeFQL's; FISOR's noise net at its CPU default width)."""
+    from safefql.training.baselines import BCConfig, FisorConfig
+
+    width = (64, 64) if quick else (256, 256)
+    spc = 100 if quick else 500
+    bs = 64 if quick else 256
+    bc = BCConfig(hidden=width, batch_size=bs, steps_per_call=spc)
+    fisor = FisorConfig(
+        critic_hidden=width,
+        value_hidden=width,
+        noise_width=32 if quick else 64,
+        batch_size=bs,
+        steps_per_call=spc,
+    )
+    return {"bc": bc, "bc_safe": bc, "fisor": fisor}
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set needs key=value, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _clean(o: Any) -> Any:
+    """Strict-JSON copy: NumPy to Python, tuples to lists, non-finite floats to strings."""
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_clean(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _clean(o.tolist())
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    if isinstance(o, Path):
+        return str(o)
+    return o
+
+
+def _make_env(env_id: str) -> Any:
+    import gymnasium as gym
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Box(-inf, inf) checker notes, robotics notice
+        return gym.make(env_id)
+
+
+def run_episodes(
+    make_env: Callable[[], Any],
+    act: Callable[[np.ndarray], Any] | None,
+    episodes: int,
+    seed: int,
+    max_steps: int | None,
+) -> dict[str, Any]:
+    """Roll ``act`` (None: policy-mode shield, the env picks) for ``episodes`` episodes, resets seeded
+    ``seed + i``. Per-episode returns, costs (sum of step costs), steps, shield interventions; wall time."""
+    env = make_env()
+    rets, costs, steps, interv = [], [], [], []
+    t0 = time.perf_counter()
+    try:
+        for i in range(episodes):
+            obs, _ = env.reset(seed=seed + i)
+            r = c = 0.0
+            n = k = 0
+            while True:
+                obs, rew, term, trunc, info = env.step(None if act is None else act(obs))
+                r += float(rew)
+                c += float(info["cost"])
+                n += 1
+                sh = info.get("shield")
+                k += int(bool(sh["intervened"])) if sh is not None else 0
+                if term or trunc or (max_steps is not None and n >= max_steps):
+                    break
+            rets.append(r)
+            costs.append(c)
+            steps.append(n)
+            interv.append(k)
+    finally:
+        env.close()
+    wall = time.perf_counter() - t0
+    return {
+        "returns": np.asarray(rets),
+        "costs": np.asarray(costs),
+        "steps": np.asarray(steps),
+        "interventions": np.asarray(interv),
+        "wall_s": wall,
+    }
+
+
+def summarize(ep: dict[str, Any], r_min: float, r_max: float, cost_limit: float) -> dict[str, Any]:
+    """Means over episodes, normalised, plus the per-episode lists."""
+    ret, cost = ep["returns"], ep["costs"]
+    steps = int(ep["steps"].sum())
+    return {
+        "return": float(ret.mean()),
+        "cost": float(cost.mean()),
+        "r_norm": float((ret.mean() - r_min) / (r_max - r_min)),
+        "c_norm": float(cost.mean() / cost_limit),
+        "violation_rate": float(np.mean(cost > 0)),
+        "over_limit_rate": float(np.mean(cost > cost_limit)),
+        "intervention_rate": float(ep["interventions"].sum() / max(steps, 1)),
+        "steps_per_s": float(steps / ep["wall_s"]) if ep["wall_s"] > 0 else math.nan,
+        "episodes": int(ret.size),
+        "returns": ret.tolist(),
+        "costs": cost.tolist(),
+    }
+
+
+AGG_KEYS = ("return", "cost", "r_norm", "c_norm", "violation_rate", "over_limit_rate")
+
+
+def aggregate(per_seed: list[dict[str, Any]], keys: tuple[str, ...] = AGG_KEYS) -> dict[str, float]:
+    """Mean over seeds, and the std over seeds (ddof 1) when there are several."""
+    out: dict[str, float] = {}
+    for k in keys:
+        vals = np.array([float(s[k]) for s in per_seed])
+        out[k] = float(vals.mean())
+        out[f"{k}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+    out["seeds"] = len(per_seed)
+    return out
+
+
+def episode_table(t: Any) -> dict[str, np.ndarray]:
+    """Per-episode return and cost from loaded transitions. The cost is ``sum_t cost(s_t)`` over
+    ``t = 0..T-1`` (the start state in, the final state out), within 1 of the env's episode cost."""
+    _, inv = np.unique(t.episode_ids, return_inverse=True)
+    n = int(inv.max()) + 1
+    ret = np.zeros(n)
+    np.add.at(ret, inv, t.rewards.astype(np.float64))
+    cost = np.zeros(n)
+    np.add.at(cost, inv, t.costs.astype(np.float64))
+    return {"returns": ret, "costs": cost, "lengths": np.bincount(inv)}
+
+
+def machine_info() -> dict[str, Any]:
+    import jax
+
+    import safefql
+
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "safefql": safefql.__version__,
+        "blas_threads_env": {
+            k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+        },
+    }
+    try:
+        import mujoco
+
+        info["mujoco"] = mujoco.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def load_avg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return None
+
+
+# ------------------------------------------------------------------------------------------- stages
+def stage_data(env_id: str, args: Any, console: Any) -> tuple[Any, dict[str, Any]]:
+    """Collect (or reuse) the dataset; returns the transitions and the data report."""
+    from safefql.datasets.collect import collect, dataset_path
+    from safefql.datasets.load import load_transitions
+    from safefql.datasets.policies_safety_gym import DEFAULT_SAFETY_GYM_MIXTURE
+
+    mixture = args.mixture or DEFAULT_SAFETY_GYM_MIXTURE
+    name = env_id.replace("Gymnasium-v0", "").replace("Safety", "")
+    dataset_id = f"bench/{name}-mix{args.episodes}-s{args.data_seed}-v0"
+    report: dict[str, Any] = {"dataset_id": dataset_id, "mixture": mixture, "episodes": args.episodes}
+    reused = args.reuse_data and dataset_path(dataset_id).exists()
+    if reused:
+        console.print(f"[dim]reusing dataset {dataset_id} at {dataset_path(dataset_id)}[/dim]")
+    else:
+        summary = collect(
+            env_id, mixture, args.episodes, args.data_seed, dataset_id, overwrite=True, progress=args.progress
+        )
+        console.print(summary.table())
+        report["collection"] = {
+            "seconds": summary.seconds,
+            "produce_seconds": summary.produce_seconds,
+            "write_seconds": summary.write_seconds,
+            "steps_per_s": summary.transitions / max(summary.produce_seconds, 1e-9),
+        }
+    t0 = time.perf_counter()
+    transitions = load_transitions(dataset_id)
+    report["load_seconds"] = time.perf_counter() - t0
+    meta = transitions.metadata
+    report["reused"] = bool(reused)
+    report["path"] = str(dataset_path(dataset_id))
+    if reused and "collection" not in report:
+        report["collection"] = {"seconds": None, "note": "reused an existing dataset (--reuse-data)"}
+    ep = episode_table(transitions)
+    returns = ep["returns"]
+    report |= {
+        "transitions": len(transitions),
+        "num_episodes": int(returns.size),
+        "obs_dim": transitions.obs_dim,
+        "act_dim": transitions.act_dim,
+        "kappa": meta.get("kappa"),
+        "hdf5_bytes": int(sum(p.stat().st_size for p in Path(report["path"]).rglob("*") if p.is_file())),
+        "episode_return": {
+            "min": float(returns.min()),
+            "max": float(returns.max()),
+            "mean": float(returns.mean()),
+            "median": float(np.median(returns)),
+        },
+        "episode_cost": {
+            "mean": float(meta.get("mean_cost", np.nan)),
+            "note": "mean and fraction_with_cost from the collector (env episode cost; any cost, start "
+            "state included); median / max / over-limit / zero-cost from sum_t cost(s_t), t < T",
+            "median": float(np.median(ep["costs"])),
+            "max": float(ep["costs"].max()),
+            "fraction_with_cost": float(meta.get("violating_fraction", np.nan)),
+            "fraction_over_cost_limit": float(np.mean(ep["costs"] > args.cost_limit)),
+            "zero_cost_episodes": int(np.sum(ep["costs"] == 0)),
+        },
+        "per_policy": meta.get("per_policy", {}),
+        "step_cost_rate": float(np.mean(transitions.costs > 0)),
+    }
+    return transitions, report
+
+
+def stage_safefql(env_id: str, args: Any, transitions: Any, run_dir: Path) -> tuple[dict[str, Any], list]:
+    from safefql.training.trainer import train
+
+    config = cpu_config(env_id, args.overrides, args.quick)
+    res = train(
+        transitions,
+        out_dir=run_dir,
+        config=config,
+        steps=args.steps,
+        seed=args.seed,
+        seeds=args.seeds,
+        calib_fraction=args.calib_fraction,
+        eval_episodes=0,
+        overwrite=True,
+        progress=args.progress,
+    )
+    train_report = {
+        "config": config.to_dict(),
+        "steps": res.steps,
+        "num_seeds": res.num_seeds,
+        "wall_time_s": res.wall_time_s,
+        "compile_time_s": res.compile_time_s,
+        "updates_per_s": res.updates_per_s,
+        "note": f"trainer.train, one vmapped program for all {res.num_seeds} seed(s): each update updates "
+        "every seed and times are totals; updates_per_s excludes compilation",
+        "final_losses": res.final_losses,
+        "run_dir": str(res.run_dir),
+        "policy_paths": [str(p) for p in res.policy_paths],
+    }
+    return train_report, list(res.policy_paths)
+
+
+def stage_baseline(name: str, args: Any, train_t: Any, config: Any) -> tuple[dict[str, Any], list]:
+    from safefql.training.baselines import train_baseline
+
+    policies, runs = [], []
+    for i in range(args.seeds):
+        seed = args.seed + i
+        t0 = time.perf_counter()
+        _, policy, info = train_baseline(name, train_t, config, steps=args.baseline_steps, seed=seed)
+        runs.append(
+            {
+                "seed": seed,
+                "wall_time_s": time.perf_counter() - t0,
+                **{
+                    k: info.get(k)
+                    for k in ("train_time_s", "updates_per_s", "num_transitions", "steps")
+                    if k in info
+                },
+                **{k: v for k, v in info.items() if k.startswith("num_episodes")},
+            }
+        )
+        policies.append(policy)
+    report = {
+        "config": _clean(dataclasses.asdict(config)),
+        "steps": args.baseline_steps,
+        "per_seed": runs,
+        "wall_time_s": float(sum(r["wall_time_s"] for r in runs)),
+        "updates_per_s": float(np.mean([r["updates_per_s"] for r in runs])),
+        "note": "train_baseline, one run per seed; updates_per_s measured after the first chunk (compile)",
+    }
+    return report, policies
+
+
+# ------------------------------------------------------------------------------------------- env run
+def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
+    from rich.table import Table
+
+    from safefql.datasets.load import split_episodes
+    from safefql.datasets.policies_safety_gym import make_safety_gym_policy
+    from safefql.shields.wrapper import SafeFQLShield
+    from safefql.training.calibration import calibrate
+    from safefql.training.policy import SafeFQLPolicy
+
+    t_env = time.perf_counter()
+    timings: dict[str, float] = {}
+    out: dict[str, Any] = {"env_id": env_id, "load_avg_start": load_avg()}
+    console.rule(f"[bold]{env_id}")
+
+    # (a) data
+    t0 = time.perf_counter()
+    transitions, data = stage_data(env_id, args, console)
+    timings["data_s"] = time.perf_counter() - t0
+    out["data"] = data
+    r_min, r_max = data["episode_return"]["min"], data["episode_return"]["max"]
+    out["normalization"] = {
+        "r_min": r_min,
+        "r_max": r_max,
+        "r_source": f"min / max episode return over the {data['num_episodes']} episodes of the collected "
+        f"dataset {data['dataset_id']} (DSRL's min/max_episode_reward are likewise dataset statistics)",
+        "cost_limit": args.cost_limit,
+        "cost_limit_source": COST_LIMIT_NOTE
+        if args.cost_limit == DEFAULT_COST_LIMIT
+        else f"--cost-limit {args.cost_limit} (user-given)",
+    }
+    pp = Table(title=f"{env_id}: dataset episode cost per behaviour policy (cost limit {args.cost_limit:g})")
+    for col in ("policy", "episodes", "mean return", "mean episode cost", "frac. episodes with cost"):
+        pp.add_column(col, justify="right" if col != "policy" else "left")
+    for pname, s in sorted(data["per_policy"].items()):
+        pp.add_row(
+            pname,
+            str(int(s["episodes"])),
+            f"{s['mean_return']:.2f}",
+            f"{s['mean_cost']:.2f}",
+            f"{s['violating_fraction']:.2f}",
+        )
+    ec = data["episode_cost"]
+    pp.caption = (
+        f"{data['transitions']} transitions, {data['num_episodes']} episodes; returns in [{r_min:.2f}, "
+        f"{r_max:.2f}]; {ec['zero_cost_episodes']} zero-cost episodes; "
+        f"{ec['fraction_over_cost_limit']:.2f} of episodes over the cost limit"
+    )
+    console.print(pp)
+
+    # same training episodes for every method: the trainer's calibration split is held out everywhere
+    train_t, calib_t = split_episodes(transitions, args.calib_fraction, args.seed)
+    out["split"] = {
+        "calib_fraction": args.calib_fraction,
+        "seed": args.seed,
+        "train_episodes": train_t.num_episodes,
+        "train_transitions": len(train_t),
+        "calib_episodes": calib_t.num_episodes,
+    }
+
+    # (b) training
+    work = Path(args.work_dir) / env_id
+    policies: dict[str, list[Callable[[int], Callable[[np.ndarray], Any]]]] = {}
+    training: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    tr, paths = stage_safefql(env_id, args, transitions, work / "safefql")
+    timings["train_safefql_s"] = time.perf_counter() - t0
+    training["safefql"] = tr
+
+    def safefql_factory(path: Path) -> Callable[[int], Callable[[np.ndarray], Any]]:
+        fast = SafeFQLPolicy.load(path).numpy()
+        return lambda _seed: fast.act
+
+    policies["safefql"] = [safefql_factory(p) for p in paths]
+    bcfgs = baseline_configs(args.quick)
+    for name in args.methods:
+        if name == "safefql":
+            continue
+        t0 = time.perf_counter()
+        try:
+            rep, pols = stage_baseline(name, args, train_t, bcfgs[name])
+        except ValueError as e:  # e.g. BC-safe without a single zero-cost episode
+            training[name] = {"skipped": str(e)}
+            console.print(f"[yellow]{METHODS[name]} skipped: {e}[/yellow]")
+            continue
+        timings[f"train_{name}_s"] = time.perf_counter() - t0
+        training[name] = rep
+
+        def factory(p: Any, stochastic: bool) -> Callable[[int], Callable[[np.ndarray], Any]]:
+            def make(seed: int) -> Callable[[np.ndarray], Any]:
+                rng = np.random.default_rng([seed, 7]) if stochastic else None
+                return lambda o: p.act(o, rng)
+
+            return make
+
+        policies[name] = [factory(p, name == "fisor") for p in pols]
+    out["training"] = training
+    tt = Table(title=f"{env_id}: training ({args.seeds} seed(s))")
+    for col in ("method", "updates", "updates/s", "wall s", "transitions"):
+        tt.add_column(col, justify="right" if col != "method" else "left")
+    for name, rep in training.items():
+        if "skipped" in rep:
+            tt.add_row(METHODS[name], "skipped", "-", "-", "-")
+            continue
+        n_tr = out["split"]["train_transitions"]
+        if name == "bc_safe":
+            n_tr = rep["per_seed"][0].get("num_transitions", n_tr)
+        tt.add_row(
+            METHODS[name],
+            str(rep["steps"]),
+            f"{rep['updates_per_s']:.1f}",
+            f"{rep['wall_time_s']:.1f}",
+            str(n_tr),
+        )
+    console.print(tt)
+
+    # (c) evaluation
+    make = lambda: _make_env(env_id)  # noqa: E731
+    evals: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for name, facts in policies.items():
+        per_seed = []
+        for i, fact in enumerate(facts):
+            ep = run_episodes(make, fact(args.seed + i), args.eval_episodes, EVAL_SEED, args.eval_max_steps)
+            per_seed.append(summarize(ep, r_min, r_max, args.cost_limit) | {"seed_index": i})
+        evals[name] = {"label": METHODS[name], "per_seed": per_seed, "aggregate": aggregate(per_seed)}
+        if args.progress:
+            a = evals[name]["aggregate"]
+            console.print(f"[dim]eval {METHODS[name]}: R {a['return']:.2f} C {a['cost']:.2f}[/dim]")
+    timings["eval_s"] = time.perf_counter() - t0
+
+    # scripted references on the same starts
+    probe = _make_env(env_id)
+    scripted = {n: make_safety_gym_policy(n, probe) for n in REFERENCE_POLICIES}
+    probe.close()
+    refs: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for n in args.references:
+        rng = np.random.default_rng([args.seed, 11])
+        pol = scripted[n]
+        ep = run_episodes(
+            make, lambda o, pol=pol, rng=rng: pol(o, rng), args.eval_episodes, EVAL_SEED, args.eval_max_steps
+        )
+        refs[n] = summarize(ep, r_min, r_max, args.cost_limit)
+    timings["eval_references_s"] = time.perf_counter() - t0
+    out["evaluation"] = {
+        "episodes_per_seed": args.eval_episodes,
+        "reset_seeds": f"env.reset(seed={EVAL_SEED} + i), i < {args.eval_episodes}, same for every method",
+        "max_steps": args.eval_max_steps or "env time limit (1000)",
+        "methods": evals,
+        "references": refs,
+        "noise": "SafeFQL: actor with z = 0; BC: deterministic; FISOR: 16 candidates with fresh noise per "
+        "step (seeded Generator), lowest Q_h executed",
+    }
+
+    et = Table(title=f"{env_id}: evaluation ({args.eval_episodes} episodes x seeds; mean ± std over seeds)")
+    for col in ("method", "return", "cost", "r_norm", "c_norm", "viol. rate", "c_norm<=1"):
+        et.add_column(col, justify="right" if col != "method" else "left")
+
+    def pm(a: dict[str, float], k: str, fmt: str) -> str:
+        s = f"{a[k]:{fmt}}"
+        return s + (f" ± {a[k + '_std']:{fmt}}" if a.get("seeds", 1) > 1 else "")
+
+    for ev in evals.values():
+        a = ev["aggregate"]
+        et.add_row(
+            ev["label"],
+            pm(a, "return", ".2f"),
+            pm(a, "cost", ".2f"),
+            pm(a, "r_norm", ".3f"),
+            pm(a, "c_norm", ".3f"),
+            pm(a, "violation_rate", ".2f"),
+            "yes" if a["c_norm"] <= 1 else "no",
+        )
+    for n, s in refs.items():
+        et.add_row(
+            f"[dim]scripted {n}[/dim]",
+            f"{s['return']:.2f}",
+            f"{s['cost']:.2f}",
+            f"{s['r_norm']:.3f}",
+            f"{s['c_norm']:.3f}",
+            f"{s['violation_rate']:.2f}",
+            "yes" if s["c_norm"] <= 1 else "no",
+        )
+    et.caption = (
+        f"r_norm = (R - {r_min:.2f}) / ({r_max:.2f} - {r_min:.2f}) (dataset min/max episode return); "
+        f"c_norm = C / {args.cost_limit:g}"
+    )
+    console.print(et)
+
+    # (d) shield around the goal_lidar agent
+    t0 = time.perf_counter()
+    shield: dict[str, Any] = {"agent": "goal_lidar (steer at the goal lidar, hazards ignored), deterministic"}
+    ckpt = paths[0]
+    cal = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            cal = calibrate(ckpt, "offline", eps=args.eps, seed=args.seed, store=False)
+        shield["calibration"] = cal.to_dict()
+    except Exception as e:  # noqa: BLE001 - report, keep the benchmark going
+        shield["calibration"] = {"error": f"{type(e).__name__}: {e}"}
+    goal = scripted["goal_lidar"]
+    goal_act = lambda o: goal(o, None)  # noqa: E731  (noise-free policy: the rng is not used)
+    n_sh = args.shield_episodes
+    alone = run_episodes(make, goal_act, n_sh, EVAL_SEED, args.eval_max_steps)
+    shield["alone"] = summarize(alone, r_min, r_max, args.cost_limit)
+    variants = [("delta_0", 0.0)]
+    if cal is not None and math.isfinite(cal.delta) and not args.no_calibrated_shield:
+        variants.append(("calibrated", float(cal.delta)))
+    shield["checkpoint"] = str(ckpt)
+    shield["episodes"] = n_sh
+    shield["fallback"] = "nearest (the shield's default)"
+    for variant, delta in variants:
+
+        def make_shielded(delta: float = delta) -> Any:
+            return SafeFQLShield(_make_env(env_id), checkpoint=ckpt, mode="shield", delta=delta)
+
+        ep = run_episodes(make_shielded, goal_act, n_sh, EVAL_SEED, args.eval_max_steps)
+        s = summarize(ep, r_min, r_max, args.cost_limit)
+        base_c = shield["alone"]["cost"]
+        s["delta"] = delta
+        s["cost_reduction"] = float(1.0 - s["cost"] / base_c) if base_c > 0 else math.nan
+        s["return_change"] = float(s["return"] - shield["alone"]["return"])
+        shield[variant] = s
+    timings["shield_s"] = time.perf_counter() - t0
+    out["shield"] = shield
+
+    st = Table(title=f"{env_id}: goal_lidar agent with and without the SafeFQL shield ({n_sh} episodes)")
+    for col in ("run", "delta", "return", "cost", "c_norm", "viol. rate", "cost reduction", "interv. rate"):
+        st.add_column(col, justify="right" if col != "run" else "left")
+    a = shield["alone"]
+    st.add_row(
+        "alone",
+        "-",
+        f"{a['return']:.2f}",
+        f"{a['cost']:.2f}",
+        f"{a['c_norm']:.3f}",
+        f"{a['violation_rate']:.2f}",
+        "-",
+        "-",
+    )
+    for variant, _ in variants:
+        s = shield[variant]
+        st.add_row(
+            f"shielded ({variant})",
+            f"{s['delta']:.3g}",
+            f"{s['return']:.2f}",
+            f"{s['cost']:.2f}",
+            f"{s['c_norm']:.3f}",
+            f"{s['violation_rate']:.2f}",
+            f"{100 * s['cost_reduction']:.1f}%",
+            f"{s['intervention_rate']:.3f}",
+        )
+    if isinstance(shield.get("calibration"), dict) and "delta" in shield["calibration"]:
+        st.caption = (
+            f"offline conformal delta (eps {args.eps}, {shield['calibration']['n']} held-out episodes): "
+            f"{shield['calibration']['delta']}"
+        )
+    console.print(st)
+
+    # targets
+    sf = evals.get("safefql", {}).get("aggregate")
+    bs = evals.get("bc_safe", {}).get("aggregate")
+    targets: dict[str, Any] = {}
+    if sf is not None:
+        targets["safefql_c_norm_le_1"] = {"value": sf["c_norm"], "met": bool(sf["c_norm"] <= 1.0)}
+        if bs is not None:
+            targets["safefql_r_norm_ge_bc_safe"] = {
+                "value": sf["r_norm"],
+                "bc_safe": bs["r_norm"],
+                "gap": sf["r_norm"] - bs["r_norm"],
+                "met": bool(sf["r_norm"] >= bs["r_norm"]),
+            }
+    best = shield.get("delta_0", {}).get("cost_reduction", math.nan)
+    targets["shield_cost_reduction_ge_0.8"] = {
+        "value_delta_0": best,
+        "value_calibrated": shield.get("calibrated", {}).get("cost_reduction"),
+        "met": bool(
+            (math.isfinite(best) and best >= 0.8)
+            or (shield.get("calibrated", {}).get("cost_reduction") or 0.0) >= 0.8
+        ),
+    }
+    out["targets"] = targets
+    timings["total_s"] = time.perf_counter() - t_env
+    out["timings"] = timings
+    out["load_avg_end"] = load_avg()
+    console.print(f"[bold]targets[/bold]: {json.dumps(_clean(targets))}")
+    console.print(f"[dim]timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}[/dim]")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--envs", default=DEFAULT_ENVS, help="comma-separated: point, car or full env ids")
+    parser.add_argument("--episodes", type=int, default=None, help="dataset episodes (default 200)")
+    parser.add_argument("--steps", type=int, default=None, help="SafeFQL updates (default 20000)")
+    parser.add_argument("--baseline-steps", type=int, default=None, help="baseline updates (default --steps)")
+    parser.add_argument("--seeds", type=int, default=None, help="training seeds per method (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="first training seed (and the data split seed)")
+    parser.add_argument("--data-seed", type=int, default=0, help="collection seed")
+    parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per seed (default 20)")
+    parser.add_argument("--shield-episodes", type=int, default=None, help="default: --eval-episodes")
+    parser.add_argument("--eval-max-steps", type=int, default=None, help="cap episode length (quick runs)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
+    parser.add_argument("--references", default=",".join(REFERENCE_POLICIES), help="scripted references")
+    parser.add_argument("--mixture", default=None, help="behaviour mixture (default the Safety-Gym mixture)")
+    parser.add_argument("--cost-limit", type=float, default=DEFAULT_COST_LIMIT)
+    parser.add_argument("--calib-fraction", type=float, default=0.1)
+    parser.add_argument("--eps", type=float, default=0.1, help="offline calibration level for the shield")
+    parser.add_argument("--no-calibrated-shield", action="store_true", help="skip the calibrated-delta run")
+    parser.add_argument("--set", action="append", default=[], help="SafeFQLConfig override key=value")
+    parser.add_argument("--quick", action="store_true", help="tiny everything: a smoke run")
+    parser.add_argument(
+        "--reuse-data", action="store_true", help="reuse an existing dataset with the same id"
+    )
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help="datasets and run directories")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON (default {DEFAULT_OUT})")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    args = parser.parse_args(argv)
+
+    q = args.quick
+    defaults = {
+        "episodes": 3 if q else 200,
+        "steps": 200 if q else 20_000,
+        "seeds": 1 if q else 3,
+        "eval_episodes": 2 if q else 20,
+    }
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.baseline_steps is None:
+        args.baseline_steps = args.steps
+    if args.shield_episodes is None:
+        args.shield_episodes = args.eval_episodes
+    if q and args.eval_max_steps is None:
+        args.eval_max_steps = 200
+    for name in ("episodes", "steps", "baseline_steps", "seeds", "eval_episodes", "shield_episodes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.episodes < 2:
+        parser.error("--episodes must be >= 2 (one episode is held out for calibration)")
+    args.envs = [ENV_ALIASES.get(e.strip().lower(), e.strip()) for e in args.envs.split(",") if e.strip()]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad or "safefql" not in args.methods:
+        parser.error(f"--methods must include safefql and come from {list(METHODS)}; bad: {bad}")
+    args.references = [r.strip() for r in args.references.split(",") if r.strip()]
+    if any(r not in REFERENCE_POLICIES for r in args.references):
+        parser.error(f"--references must come from {REFERENCE_POLICIES}")
+    try:
+        args.overrides = _parse_set(args.set)
+    except ValueError as e:
+        parser.error(str(e))
+
+    os.environ.setdefault("MINARI_DATASETS_PATH", str(Path(args.work_dir) / "minari"))
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from rich.console import Console
+
+    import safefql  # noqa: F401  (registers the Safety-Gymnasium ids)
+    from safefql._io import atomic_write_text
+
+    console = Console(width=None if sys.stdout.isatty() else 120)  # logs: wide enough for the tables
+    command = "OPENBLAS_NUM_THREADS={} uv run python benchmarks/bench_safety_gym.py {}".format(
+        os.environ.get("OPENBLAS_NUM_THREADS", "<unset>"), shlex.join(sys.argv[1:] if argv is None else argv)
+    )
+    settings = {
+        k: _clean(getattr(args, k))
+        for k in (
+            "episodes",
+            "steps",
+            "baseline_steps",
+            "seeds",
+            "seed",
+            "data_seed",
+            "eval_episodes",
+            "shield_episodes",
+            "eval_max_steps",
+            "methods",
+            "references",
+            "mixture",
+            "cost_limit",
+            "calib_fraction",
+            "eps",
+            "quick",
+            "reuse_data",
+            "work_dir",
+            "overrides",
+        )
+    }
+    existing: dict[str, Any] = {}
+    if args.out.is_file():
+        try:
+            existing = json.loads(args.out.read_text())
+        except (OSError, json.JSONDecodeError):
+            existing = {}
+    result = {
+        "benchmark": "safety_gym",
+        "description": __doc__.split("\n\n")[0],
+        "envs": dict(existing.get("envs", {})) if existing.get("benchmark") == "safety_gym" else {},
+    }
+    for env_id in args.envs:
+        t0 = time.perf_counter()
+        try:
+            env_out = run_env(env_id, args, console)
+        except Exception as e:  # noqa: BLE001 - keep the other envs; record the failure
+            console.print_exception()
+            env_out = {
+                "env_id": env_id,
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(),
+            }
+        env_out |= {
+            "command": command,
+            "settings": settings,
+            "machine": machine_info(),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "wall_time_s": time.perf_counter() - t0,
+        }
+        result["envs"][env_id] = env_out
+        result["updated"] = env_out["timestamp"]
+        atomic_write_text(args.out, json.dumps(_clean(result), indent=1) + "\n")
+        console.print(f"wrote {args.out} ({env_id})")
+    return result
+
+
+if __name__ == "__main__":
+    main()

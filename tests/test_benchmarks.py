@@ -1,0 +1,233 @@
+"""Fast checks of the benchmark scripts: README generation, the latency benchmark, bench_boat's pieces."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+README_TEXT = """# project
+
+intro text
+
+## Results
+
+<!-- results:start -->
+old generated text
+<!-- results:end -->
+
+## After
+
+tail text
+"""
+
+
+def _load(name: str):
+    """Import ``benchmarks/<name>.py`` (the folder is not a package)."""
+    mod_name = f"_test_bench_{name}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj))
+
+
+MACHINE = {"platform": "TestOS-1.0", "cpu_count": 2, "python": "3.11.7", "jax": "0.10.2"}
+
+
+def _fake_results(d: Path) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    _write(
+        d / "envs.json",
+        {
+            "benchmark": "envs",
+            "results": {
+                "BoatNav-v0 (single, MuJoCo)": {"steps": 1000, "steps_per_s": 12345.6, "us_per_step": 81.0},
+                "BoatNav-v0 (vector, NumPy)": {
+                    "transitions": 20000,
+                    "num_envs": 1000,
+                    "transitions_per_s": 4.5e6,
+                    "seconds_per_1M": 0.22,
+                },
+            },
+            "machine": {"platform": "TestOS-1.0", "cpus": 2},
+        },
+    )
+    agg = {"seeds": 2, "return_mean": -501.3, "return_std": 3.5, "cost_mean": 0.0, "cost_std": 0.0}
+    agg |= {"violation_rate_mean": 0.0, "violation_rate_std": 0.0}
+    _write(
+        d / "boat.json",
+        {
+            "benchmark": "boat",
+            "command": "uv run python benchmarks/bench_boat.py --quick",
+            "config": {"starts": 10, "eps": 0.05, "steps": 500},
+            "starts": {"safe": "..."},
+            "methods": {
+                "safefql": {
+                    "label": "SafeFQL (policy)",
+                    "aggregate": {"safe": agg},
+                    "latency": {"latency_us": 31.4, "best_path": "numpy", "episode_400_s": 0.0123},
+                    "training": {"train_time_s": 77.0, "updates_per_s": 88.8, "steps": 500},
+                },
+                "fisor": {"label": "FISOR-style", "error": "RuntimeError('boom')"},
+            },
+            "published": {"SafeFQL": {"return": -497.0, "cost": 0.0, "episode_s": 0.14}},
+            "machine": MACHINE,
+        },
+    )
+    _write(
+        d / "latency.json",
+        {
+            "benchmark": "latency",
+            "rows": [
+                {"method": "actor", "path": "numpy", "batch": 1, "median_us": 27.5, "per_state_us": 27.5},
+                {"method": "actor", "path": "numpy", "batch": 64, "median_us": 99.0, "per_state_us": 1.55},
+                {"method": "fisor", "path": "jax", "batch": 1, "median_us": 1058.0, "per_state_us": 1058.0},
+            ],
+            "episode_400": [{"method": "actor", "path": "numpy", "seconds": 0.031}],
+            "ratios": {"fisor_jax_over_actor_jax_b1": 38.5, "target": 10.0},
+            "machine": MACHINE,
+        },
+    )
+    (d / "boat_trajectories.png").write_bytes(b"\x89PNG fake")
+
+
+def test_make_readme_renders_and_detects_staleness(tmp_path):
+    mr = _load("make_readme")
+    results, readme = tmp_path / "bench" / "results", tmp_path / "README.md"
+    _fake_results(results)
+    readme.write_text(README_TEXT)
+    args = ["--results-dir", str(results), "--readme", str(readme)]
+    assert mr.main([*args, "--check"]) == 1  # the placeholder is stale
+    assert readme.read_text() == README_TEXT  # --check writes nothing
+    assert mr.main(args) == 0
+    text = readme.read_text()
+    assert text.startswith("# project\n\nintro text") and text.endswith("## After\n\ntail text\n")
+    assert "old generated text" not in text
+    section = text[text.index("<!-- results:start -->") : text.index("<!-- results:end -->")]
+    # numbers come from the JSON; commands and machines are stated; the PNG is linked relative to the README
+    for expected in (
+        "12,346",
+        "-501.3 ± 3.5",
+        "-497 / 0",
+        "31.4 (numpy)",
+        "38.5x",
+        "`uv run python benchmarks/bench_boat.py --quick`",
+        "TestOS-1.0, 2 CPUs",
+        "![boat_trajectories](bench/results/boat_trajectories.png)",
+        "FISOR-style | n/a | failed",
+        "`collect.json`: `uv run python benchmarks/bench_collect.py`",
+        "`shield.json`",
+        "`safety_gym.json`",
+    ):
+        assert expected in section, expected
+    assert mr.main([*args, "--check"]) == 0
+    assert mr.main(args) == 0 and readme.read_text() == text  # idempotent
+
+    boat = json.loads((results / "boat.json").read_text())
+    boat["methods"]["safefql"]["aggregate"]["safe"]["return_mean"] = -400.0
+    _write(results / "boat.json", boat)
+    assert mr.main([*args, "--check"]) == 1
+    assert mr.main(args) == 0 and "-400.0 ± 3.5" in readme.read_text()
+    assert mr.main([*args, "--check"]) == 0
+
+
+def test_make_readme_survives_missing_keys_and_bad_files(tmp_path):
+    mr = _load("make_readme")
+    results, readme = tmp_path / "results", tmp_path / "README.md"
+    results.mkdir()
+    readme.write_text(README_TEXT)
+    for name in ("envs", "collect", "boat", "latency", "shield"):
+        _write(results / f"{name}.json", {"benchmark": name})
+    _write(
+        results / "safety_gym.json", {"envs": {"SafetyPointGoal1Gymnasium-v0": {"error": "ValueError: x"}}}
+    )
+    (results / "latency.json").write_text("{not json")
+    _write(results / "boat.json", {"methods": {"bc": {"aggregate": "oops"}}, "machine": "odd"})
+    assert mr.main(["--results-dir", str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    for title in (
+        "Environment throughput",
+        "Dataset collection",
+        "Boat",
+        "Shield overhead",
+        "Safety-Gymnasium",
+    ):
+        assert f"### {title}" in text
+    assert "`latency.json` could not be read" in text
+    assert "Failed: ValueError: x" in text
+    assert "Not measured yet" not in text
+
+
+def test_make_readme_needs_markers(tmp_path):
+    mr = _load("make_readme")
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers here\n")
+    assert mr.main(["--results-dir", str(tmp_path), "--readme", str(readme)]) == 2
+    assert mr.main(["--results-dir", str(tmp_path), "--readme", str(tmp_path / "missing.md")]) == 2
+
+
+def test_bench_latency_quick_writes_json(tmp_path):
+    lat = _load("bench_latency")
+    out = tmp_path / "out"
+    argv = ["--quick", "--batch", "8", "--calls", "5", "--calls-large", "2", "--budget-s", "0.05"]
+    result = lat.main([*argv, "--out-dir", str(out)])
+    data = json.loads((out / "latency.json").read_text())
+    assert data["benchmark"] == "latency" and data["rows"] == json.loads(json.dumps(result["rows"]))
+    combos = {(r["method"], r["path"], r["batch"]) for r in data["rows"]}
+    for method, path in (
+        ("actor", "jax"),
+        ("actor", "numpy"),
+        ("flow", "jax"),
+        ("flow", "numpy"),
+        ("fisor", "jax"),
+    ):
+        assert {(method, path, 1), (method, path, 8)} <= combos
+    assert all(r["median_us"] > 0 and r["calls"] >= 1 for r in data["rows"])
+    assert {e["method"] for e in data["episode_400"]} == {"actor", "flow", "fisor"}
+    assert all(e["seconds"] > 0 for e in data["episode_400"])
+    assert data["ratios"]["fisor_jax_over_actor_jax_b1"] > 0
+    assert max(data["numpy_vs_jax_max_abs_diff"].values()) < 1e-4
+    assert "freshly initialised" in data["weights"]["safefql"]
+    assert data["machine"]["cpu_count"] >= 1 and data["machine"]["jax"]
+
+
+def test_bench_boat_help(capsys):
+    boat = _load("bench_boat")
+    with pytest.raises(SystemExit) as e:
+        boat.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--methods", "--seeds", "--steps", "--quick", "--out-runs", "--out-dir"):
+        assert flag in out
+
+
+def test_bench_boat_rollout_matches_library():
+    boat_bench = _load("bench_boat")
+    from safefql.training.calibration import boat_episodes
+
+    class Downstream:  # full thrust along +x, and a little up
+        def act(self, obs, rng=None):
+            return np.tile(np.array([1.0, 0.3]), (np.asarray(obs).shape[0], 1))
+
+    starts = np.array([[-2.5, 1.5], [-1.6, -1.2], [0.0, 0.0]])
+    ours = boat_bench.rollout(lambda p, rng: Downstream().act(p), starts)
+    ref = boat_episodes(Downstream(), starts)
+    np.testing.assert_allclose(ours["returns"], ref["return"])
+    np.testing.assert_array_equal(ours["costs"], ref["cost"])
+    assert ours["trajectories"].shape == (3, 401, 2)
+    summary = boat_bench.summarize(ours)
+    assert summary["violation_rate"] == float(np.mean(ref["cost"] > 0))
+    agg = boat_bench.aggregate([{"return": 1.0}, {"return": 3.0}], ("return",))
+    assert agg["return_mean"] == 2.0 and agg["return_std"] == pytest.approx(np.sqrt(2.0))

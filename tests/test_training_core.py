@@ -1,0 +1,530 @@
+"""SafeFQL learner core: losses against exact answers, gate behaviour, EMA, stop-gradients, vmapped seeds."""
+
+from __future__ import annotations
+
+import io
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from safefql.datasets.sampler import DeviceDataset, sample_batch
+from safefql.training.config import SafeFQLConfig, default_config
+from safefql.training.safefql import (
+    SafeFQLAgent,
+    actor_actions,
+    actor_loss,
+    create_train_state,
+    create_train_states,
+    flow_actions,
+    reward_critic_loss,
+    reward_q_value,
+    reward_value,
+    reward_value_loss,
+    safety_critic_loss,
+    safety_q_value,
+    safety_value,
+    safety_value_loss,
+    train_steps,
+    train_steps_multi,
+    update,
+)
+
+TINY = SafeFQLConfig(
+    critic_hidden=(16,),
+    value_hidden=(16,),
+    actor_hidden=(16,),
+    flow_hidden=(16,),
+    critic_lr=3e-3,
+    actor_lr=3e-3,
+    flow_lr=3e-3,
+    batch_size=32,
+    flow_steps=3,
+    steps_per_call=10,
+)
+STEPS = 15  # every TINY train_steps call uses this many steps, so all of them share one compilation
+# Linear critics and values (hidden=()), hand-set in the tests below; 1-D observation and action.
+LINEAR = TINY.replace(critic_hidden=(), value_hidden=(), alpha=0.0, w_safe=100.0)
+
+
+def _expectile_np(x: np.ndarray, tau: float) -> float:
+    """tau-expectile by bisection: the root of tau E[(x - e)+] = (1 - tau) E[(e - x)+]."""
+    lo, hi = float(x.min()), float(x.max())
+    for _ in range(100):
+        e = 0.5 * (lo + hi)
+        if tau * np.maximum(x - e, 0).mean() - (1 - tau) * np.maximum(e - x, 0).mean() > 0:
+            lo = e
+        else:
+            hi = e
+    return 0.5 * (lo + hi)
+
+
+def _random_arrays(rng: np.random.Generator, n: int = 50, obs_dim: int = 3, act_dim: int = 2) -> dict:
+    return dict(
+        observations=rng.normal(size=(n, obs_dim)),
+        actions=rng.uniform(-1, 1, size=(n, act_dim)),
+        rewards=rng.normal(size=n),
+        h=rng.normal(size=n),
+        next_observations=rng.normal(size=(n, obs_dim)),
+        masks=(rng.uniform(size=n) > 0.1).astype(np.float32),
+        costs=(rng.uniform(size=n) > 0.5).astype(np.float32),
+    )
+
+
+def _set_linear_ensemble(ensemble, weight_row: list[float], bias: float | list[float]):
+    """Hand-set every member k of a hidden=() ensemble to Q_k(x) = weight_row . x + bias[k]."""
+    layer = ensemble.layers[0]
+    num = layer.weight.shape[0]
+    w = jnp.broadcast_to(jnp.asarray(weight_row, jnp.float32), (num, 1, len(weight_row)))
+    b = jnp.broadcast_to(jnp.asarray(bias, jnp.float32).reshape(-1, 1), (num, 1))
+    return eqx.tree_at(lambda e: (e.layers[0].weight, e.layers[0].bias), ensemble, (w, b))
+
+
+def _leaves(tree):
+    return jax.tree.leaves(eqx.filter(tree, eqx.is_array))
+
+
+# ---------------------------------------------------------------- expectile value losses
+
+
+@pytest.mark.parametrize("which", ["reward", "safety"])
+def test_value_loss_minimiser_is_the_expectile(which):
+    rng = np.random.default_rng(0)
+    n = 2000
+    mix = rng.uniform(size=n) < 0.7
+    acts = np.clip(np.where(mix, rng.normal(-0.3, 0.1, n), rng.normal(0.5, 0.2, n)), -1, 1).astype(np.float32)
+    batch = {"observations": jnp.ones((n, 1)), "actions": jnp.asarray(acts[:, None])}
+    cfg = LINEAR
+    agent = create_train_state(cfg, 1, 1, jax.random.key(0)).agent
+    # Target members Qbar^0(s, a) = a and Qbar^1(s, a) = a + 0.5: the reward side must use the min over
+    # members (targets = the action samples), the safety side the max (targets = samples + 0.5).
+    if which == "reward":
+        agent = eqx.tree_at(
+            lambda g: g.reward_q_target, agent, _set_linear_ensemble(agent.reward_q_target, [0, 1], [0, 0.5])
+        )
+        loss_fn, get_v, tau, shift = reward_value_loss, (lambda g: g.reward_v), 0.9, 0.0  # upper expectile
+    else:
+        agent = eqx.tree_at(
+            lambda g: g.safety_q_target, agent, _set_linear_ensemble(agent.safety_q_target, [0, 1], [0, 0.5])
+        )
+        loss_fn, get_v, tau, shift = safety_value_loss, (lambda g: g.safety_v), 0.1, 0.5  # lower expectile
+    opt = optax.adam(0.02)
+
+    @jax.jit
+    def fit(v):
+        def step(carry, _):
+            v, s = carry
+            g = jax.grad(lambda v: loss_fn(eqx.tree_at(get_v, agent, v), batch, cfg)[0])(v)
+            upd, s = opt.update(g, s, v)
+            return (optax.apply_updates(v, upd), s), None
+
+        return jax.lax.scan(step, (v, opt.init(v)), None, length=1500)[0][0]
+
+    v_fit = fit(get_v(agent))
+    fitted = float(v_fit(jnp.ones(1)))
+    expected = _expectile_np(acts.astype(np.float64), tau) + shift
+    assert abs(fitted - expected) < 2e-3
+    assert abs(expected - shift - acts.mean()) > 0.1  # the asymmetry matters: the mean would fail
+
+
+# ---------------------------------------------------------------- exact values on a chain + bimodal flow
+
+
+GAMMA = 0.9
+H = np.array([-1.0, -0.6, 0.4, -0.7, -0.9, -0.3], np.float32)
+R = np.array([0.5, -1.0, 0.2, 0.8, -0.4, 1.0], np.float32)
+
+
+@pytest.fixture(scope="module")
+def chain_run():
+    """Deterministic chain 0 -> 1 -> ... -> 5 (terminal), one-hot observations, actions +-0.7 (no effect)."""
+    s = len(H)
+    eye = np.eye(s, dtype=np.float32)
+    reps = 40
+    idx = np.repeat(np.arange(s), reps)
+    acts = np.where(np.arange(len(idx)) % 2 == 0, 0.7, -0.7).astype(np.float32)[:, None]
+    arrays = dict(
+        observations=eye[idx],
+        actions=acts,
+        rewards=R[idx],
+        h=H[idx],
+        next_observations=eye[np.minimum(idx + 1, s - 1)],
+        masks=(idx != s - 1).astype(np.float32),
+    )
+    cfg = SafeFQLConfig(
+        critic_hidden=(64, 64),
+        value_hidden=(64, 64),
+        actor_hidden=(32,),
+        flow_hidden=(64, 64),
+        activation="gelu",
+        critic_lr=3e-3,
+        flow_lr=3e-3,
+        gamma=GAMMA,
+        ema_rate=0.05,
+        batch_size=64,
+        w_safe=10.0,
+    )
+    state = create_train_state(cfg, s, 1, jax.random.key(1))
+    state, info = train_steps(state, DeviceDataset.from_arrays(arrays), jax.random.key(2), 2500)
+    return state, info, eye
+
+
+@pytest.mark.slow  # shares the ~10 s chain_run fixture
+def test_safety_critic_matches_hj_value_iteration(chain_run):
+    state, info, eye = chain_run
+    exact = np.zeros(len(H))
+    exact[-1] = H[-1]  # terminal: y_h = h
+    for i in range(len(H) - 2, -1, -1):
+        exact[i] = (1 - GAMMA) * H[i] + GAMMA * max(H[i], exact[i + 1])
+    obs = jnp.asarray(eye)
+    v = np.asarray(safety_value(state.agent, obs))
+    q = np.asarray(safety_q_value(state.agent, obs, jnp.full((len(H), 1), 0.7)))
+    assert np.max(np.abs(v - exact)) < 0.05
+    assert np.max(np.abs(q - exact)) < 0.05
+    assert exact[0] > 0 > H[0]  # state 0 is safe now but the max-backup sees the failure two steps ahead
+    assert np.all(np.isfinite([float(x) for x in info.values()]))
+
+
+@pytest.mark.slow  # shares the ~10 s chain_run fixture
+def test_reward_critic_matches_discounted_return(chain_run):
+    state, _, eye = chain_run
+    exact = np.zeros(len(R))
+    exact[-1] = R[-1]
+    for i in range(len(R) - 2, -1, -1):
+        exact[i] = R[i] + GAMMA * exact[i + 1]
+    obs = jnp.asarray(eye)
+    v = np.asarray(reward_value(state.agent, obs))
+    q = np.asarray(reward_q_value(state.agent, obs, jnp.full((len(R), 1), -0.7)))
+    assert np.max(np.abs(v - exact)) < 0.08
+    assert np.max(np.abs(q - exact)) < 0.08
+
+
+@pytest.mark.slow  # shares the ~10 s chain_run fixture
+def test_flow_teacher_fits_bimodal_actions(chain_run):
+    state, _, eye = chain_run
+    n = 1000
+    obs = jnp.asarray(np.tile(eye[2], (n, 1)))
+    z = jax.random.normal(jax.random.key(3), (n, 1))
+    a = np.asarray(flow_actions(state.agent, obs, z, state.config.flow_steps))[:, 0]
+    assert np.mean(np.abs(a - 0.7) < 0.2) >= 0.4
+    assert np.mean(np.abs(a + 0.7) < 0.2) >= 0.4
+    assert np.mean(np.abs(a) < 0.35) < 0.1  # a single Gaussian fit would put ~30% here
+    assert np.all(np.abs(a) <= 1.0)
+
+
+# ---------------------------------------------------------------- gated actor
+
+
+@eqx.filter_jit
+def _train_actor(agent: SafeFQLAgent, cfg: SafeFQLConfig, steps: int = 1500) -> SafeFQLAgent:
+    obs = jax.random.normal(jax.random.key(5), (256, 1))
+    batch = {"observations": obs, "actions": jnp.zeros((256, 1))}
+    opt = optax.adam(3e-3)
+
+    def step(carry, k):
+        actor, s = carry
+        g = jax.grad(lambda m: actor_loss(eqx.tree_at(lambda x: x.actor, agent, m), batch, k, cfg)[0])(actor)
+        upd, s = opt.update(g, s, actor)
+        return (optax.apply_updates(actor, upd), s), None
+
+    init = (agent.actor, opt.init(agent.actor))
+    actor = jax.lax.scan(step, init, jax.random.split(jax.random.key(6), steps))[0][0]
+    return eqx.tree_at(lambda x: x.actor, agent, actor)
+
+
+@pytest.fixture(scope="module")
+def toy_critics():
+    """1-D action; Q_r = a (greedy action 1) and Q_h = a - 0.2 (unsafe above 0.2)."""
+    cfg = LINEAR
+    agent = create_train_state(cfg, 1, 1, jax.random.key(4)).agent
+    agent = eqx.tree_at(lambda g: g.reward_q, agent, _set_linear_ensemble(agent.reward_q, [0, 1], 0.0))
+    agent = eqx.tree_at(lambda g: g.safety_q, agent, _set_linear_ensemble(agent.safety_q, [0, 1], -0.2))
+    test_obs = jax.random.normal(jax.random.key(7), (500, 1))
+    test_z = jax.random.normal(jax.random.key(8), (500, 1))
+    return cfg, agent, test_obs, test_z
+
+
+@pytest.mark.parametrize(("objective", "margin"), [("plain", 0.0), ("normalized", 0.0), ("plain", 0.1)])
+def test_gated_actor_picks_best_safe_action(toy_critics, objective, margin):
+    cfg, agent, obs, z = toy_critics
+    trained = _train_actor(agent, cfg.replace(actor_objective=objective, safety_margin=margin))
+    a = np.asarray(actor_actions(trained, obs, z))
+    best = 0.2 - margin  # the gate is Q_h + margin <= 0, i.e. a <= 0.2 - margin
+    assert a.max() <= best + 0.03
+    assert abs(np.median(a) - best) < 0.03
+
+
+def test_actor_goes_unsafe_without_the_safety_gate(toy_critics):
+    cfg, agent, obs, z = toy_critics
+    # Safety critic that calls everything safe: the gate is always open and only Q_r drives the actor.
+    blind = eqx.tree_at(lambda g: g.safety_q, agent, _set_linear_ensemble(agent.safety_q, [0, 0], -1.0))
+    a = np.asarray(actor_actions(_train_actor(blind, cfg), obs, z))
+    assert np.median(a) > 0.9
+    # Same true critics but no penalty weight: actions past the boundary get no push back.
+    a0 = np.asarray(actor_actions(_train_actor(agent, cfg.replace(w_safe=0.0)), obs, z))
+    assert a0.max() > 0.2 + 0.03
+
+
+# ---------------------------------------------------------------- stop-gradients and EMA
+
+
+def test_actor_loss_terms_and_no_gradient_to_critics_or_flow():
+    agent = create_train_state(TINY, 3, 2, jax.random.key(12)).agent
+    # Zero the safety critic's output bias so that both gate branches are populated.
+    agent = eqx.tree_at(lambda g: g.safety_q.layers[-1].bias, agent, jnp.zeros((2, 1)))
+    obs = jax.random.normal(jax.random.key(13), (64, 3))
+    batch = {"observations": obs, "actions": jnp.zeros((64, 2))}
+    configs = [TINY.replace(alpha=1.0, w_safe=5.0, actor_objective=o) for o in ("plain", "normalized")]
+
+    @eqx.filter_jit
+    def run(agent):
+        out = []
+        for cfg in configs:
+            (loss, info), grads = eqx.filter_value_and_grad(
+                lambda g, cfg=cfg: actor_loss(g, batch, jax.random.key(14), cfg), has_aux=True
+            )(agent)
+            out.append((loss, info, grads))
+        # Reference terms, recomputed here from their definitions (actor_loss draws z from its key this way).
+        z = jax.random.normal(jax.random.key(14), (64, 2))
+        a_mu = actor_actions(agent, obs, z)
+        distill = jnp.mean(jnp.sum((a_mu - flow_actions(agent, obs, z, TINY.flow_steps)) ** 2, -1))
+        q_h, q_r = safety_q_value(agent, obs, a_mu), reward_q_value(agent, obs, a_mu)
+        return out, (distill, q_h, q_r)
+
+    out, (distill, q_h, q_r) = run(agent)
+    q_h, q_r = np.asarray(q_h), np.asarray(q_r)
+    gate = (q_h <= 0).astype(np.float64)
+    assert 0.05 < gate.mean() < 0.95
+    reward_term = gate * -q_r / np.abs(q_r).mean()
+    penalty = (1 - gate) * 5.0 * np.maximum(q_h, 0)
+    expected = {
+        "plain": float(distill) + np.mean(reward_term + penalty),
+        "normalized": float(distill) + reward_term.sum() / gate.sum() + penalty.sum() / (1 - gate).sum(),
+    }
+    for cfg, (loss, info, grads) in zip(configs, out, strict=True):
+        assert (
+            float(info["distill_loss"]) == pytest.approx(float(distill), rel=1e-5) and float(distill) > 1e-3
+        )
+        assert float(info["gate_frac"]) == pytest.approx(gate.mean(), abs=1e-6)
+        assert float(loss) == pytest.approx(expected[cfg.actor_objective], rel=1e-4)
+        for name in (
+            "reward_q",
+            "reward_q_target",
+            "reward_v",
+            "safety_q",
+            "safety_q_target",
+            "safety_v",
+            "flow",
+        ):
+            assert max(float(jnp.abs(x).max()) for x in _leaves(getattr(grads, name))) == 0.0, name
+        assert sum(float(jnp.abs(x).sum()) for x in _leaves(grads.actor)) > 1e-6
+    assert expected["plain"] != pytest.approx(expected["normalized"], rel=1e-3)
+
+
+def test_critic_targets_are_stop_gradient():
+    cfg = TINY
+    agent = create_train_state(cfg, 3, 2, jax.random.key(15)).agent
+    batch = sample_batch(
+        jax.random.key(16), DeviceDataset.from_arrays(_random_arrays(np.random.default_rng(1))), 32
+    )
+    checks = [
+        (reward_critic_loss, "reward_v"),
+        (safety_critic_loss, "safety_v"),
+        (reward_value_loss, "reward_q_target"),
+        (safety_value_loss, "safety_q_target"),
+    ]
+    all_grads = eqx.filter_jit(
+        lambda g: [eqx.filter_grad(lambda g, f=f: f(g, batch, cfg)[0])(g) for f, _ in checks]
+    )(agent)
+    for (_, target_name), grads in zip(checks, all_grads, strict=True):
+        assert max(float(jnp.abs(x).max()) for x in _leaves(getattr(grads, target_name))) == 0.0
+        trained = {"reward_v": "reward_q", "safety_v": "safety_q"}.get(target_name)
+        trained = trained or {"reward_q_target": "reward_v", "safety_q_target": "safety_v"}[target_name]
+        assert sum(float(jnp.abs(x).sum()) for x in _leaves(getattr(grads, trained))) > 1e-6
+
+
+def test_safety_backup_values_and_terminal():
+    cfg = LINEAR.replace(gamma=0.8)
+    agent = create_train_state(LINEAR, 1, 1, jax.random.key(17)).agent
+    # V_h(s) = s exactly, Q_h^k(s, a) = 0.
+    v = eqx.tree_at(
+        lambda m: (m.layers[0].weight, m.layers[0].bias), agent.safety_v, (jnp.ones((1, 1)), jnp.zeros(1))
+    )
+    agent = eqx.tree_at(
+        lambda g: (g.safety_v, g.safety_q), agent, (v, _set_linear_ensemble(agent.safety_q, [0, 0], 0.0))
+    )
+    h = jnp.array([0.5, -1.0, -1.0, 0.3])
+    nxt = jnp.array([[2.0], [0.4], [-3.0], [2.0]])
+    masks = jnp.array([1.0, 1.0, 1.0, 0.0])
+    batch = {
+        "observations": jnp.zeros((4, 1)),
+        "actions": jnp.zeros((4, 1)),
+        "h": h,
+        "next_observations": nxt,
+        "masks": masks,
+    }
+    loss, info = eqx.filter_jit(safety_critic_loss)(agent, batch, cfg)
+    y = np.array([0.2 * 0.5 + 0.8 * 2.0, 0.2 * -1 + 0.8 * 0.4, 0.2 * -1 + 0.8 * -1, 0.3])
+    assert float(info["safety_q_target"]) == pytest.approx(y.mean(), abs=1e-6)
+    assert float(loss) == pytest.approx(2 * np.mean(y**2), rel=1e-5)  # two members, both predicting 0
+
+
+def test_ema_targets_move_at_ema_rate():
+    state = create_train_state(TINY, 3, 2, jax.random.key(18))
+    rate = TINY.ema_rate
+    data = DeviceDataset.from_arrays(_random_arrays(np.random.default_rng(2)))
+    # Start the targets away from the online nets so the mix is visible.
+    state = eqx.tree_at(
+        lambda s: (s.agent.reward_q_target, s.agent.safety_q_target),
+        state,
+        (
+            jax.tree.map(lambda x: x + 1.0, state.agent.reward_q_target),
+            jax.tree.map(lambda x: x - 1.0, state.agent.safety_q_target),
+        ),
+    )
+    new, _ = update(state, data.sample(jax.random.key(19), 32), jax.random.key(20))
+    for tgt, onl in (("reward_q_target", "reward_q"), ("safety_q_target", "safety_q")):
+        old_t = _leaves(getattr(state.agent, tgt))
+        new_o = _leaves(getattr(new.agent, onl))
+        new_t = _leaves(getattr(new.agent, tgt))
+        for a, b, c in zip(old_t, new_o, new_t, strict=True):
+            np.testing.assert_allclose(c, (1 - rate) * a + rate * b, rtol=0, atol=2e-6)
+            assert float(jnp.abs(c - a).max()) > 0.5 * rate  # moved by ~rate * |online - target| ~ rate
+        # The online nets did move this step.
+        old_o = _leaves(getattr(state.agent, onl))
+        assert max(float(jnp.abs(b - o).max()) for b, o in zip(new_o, old_o, strict=True)) > 0
+    assert int(new.step) == 1
+
+
+# ---------------------------------------------------------------- multi-seed, serialisation, validation
+
+
+@pytest.mark.slow
+def test_vmapped_seeds_equal_single_seed_runs():
+    data = DeviceDataset.from_arrays(_random_arrays(np.random.default_rng(3)))
+    keys = jax.random.split(jax.random.key(21), 3)
+    run_keys = jax.random.split(jax.random.key(22), 3)
+    states = create_train_states(TINY, 3, 2, keys)
+    multi, multi_info = train_steps_multi(states, data, run_keys, STEPS)
+    single, single_info = train_steps(create_train_state(TINY, 3, 2, keys[1]), data, run_keys[1], STEPS)
+    picked = jax.tree.map(lambda x: x[1], eqx.filter(multi, eqx.is_array))
+    for a, b in zip(_leaves(picked), _leaves(single), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert float(multi_info["critic/reward_q_loss"][1]) == pytest.approx(
+        float(single_info["critic/reward_q_loss"]), rel=1e-4
+    )
+    # Different seeds really differ.
+    assert (
+        float(jnp.abs(multi.agent.actor.layers[0].weight[0] - multi.agent.actor.layers[0].weight[2]).max())
+        > 1e-3
+    )
+
+
+def test_train_state_serialises_into_template():
+    data = DeviceDataset.from_arrays(_random_arrays(np.random.default_rng(4)))
+    state, _ = train_steps(
+        create_train_state(TINY, 3, 2, jax.random.key(23)), data, jax.random.key(24), STEPS
+    )
+    buf = io.BytesIO()
+    eqx.tree_serialise_leaves(buf, state)
+    buf.seek(0)
+    loaded = eqx.tree_deserialise_leaves(buf, create_train_state(TINY, 3, 2, jax.random.key(99)))
+    for a, b in zip(_leaves(loaded), _leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(loaded.step) == STEPS
+
+
+def test_losses_decrease_on_random_data():
+    data = DeviceDataset.from_arrays(_random_arrays(np.random.default_rng(5)))
+    state = create_train_state(TINY, 3, 2, jax.random.key(25))
+    state, first = train_steps(state, data, jax.random.key(26), STEPS)
+    for i in range(15):
+        state, last = train_steps(state, data, jax.random.key(100 + i), STEPS)
+    assert float(last["flow/flow_loss"]) < 0.9 * float(first["flow/flow_loss"])
+    assert float(last["critic/reward_q_loss"]) < 0.9 * float(first["critic/reward_q_loss"])
+    assert all(np.isfinite(float(v)) for v in last.values())
+    assert int(state.step) == 16 * STEPS
+
+
+def test_sampler_draws_rows_of_the_dataset():
+    arrays = _random_arrays(np.random.default_rng(6), n=7)
+    data = DeviceDataset.from_arrays(arrays)
+    assert data.size == 7
+    batch = jax.jit(lambda k: sample_batch(k, data, 700))(jax.random.key(28))
+    assert set(batch) == {"observations", "actions", "rewards", "h", "next_observations", "masks", "costs"}
+    assert batch["observations"].shape == (700, 3) and batch["observations"].dtype == jnp.float32
+    rows = np.asarray(batch["observations"])
+    idx = [int(np.argmin(np.abs(arrays["observations"] - r).sum(1))) for r in rows]
+    np.testing.assert_allclose(np.asarray(batch["h"]), arrays["h"][idx], rtol=1e-6)
+    counts = np.bincount(idx, minlength=7)
+    assert counts.min() > 60 and counts.max() < 140  # uniform: 100 expected per row
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda d: d.pop("h"), "no safety margin 'h'"),
+        (lambda d: d.pop("masks"), "missing key 'masks'"),
+        (lambda d: d.__setitem__("rewards", d["rewards"][:-1]), "same length"),
+        (lambda d: d.__setitem__("rewards", d["rewards"][:, None]), r"'rewards' must have shape \(N,\)"),
+        (lambda d: d.__setitem__("observations", d["observations"][:, 0]), r"'observations' must have shape"),
+        (lambda d: d.__setitem__("next_observations", d["next_observations"][:, :2]), "next_observations"),
+        (lambda d: d["h"].__setitem__(3, np.nan), "'h' has 1 non-finite"),
+        (lambda d: d.__setitem__("actions", d["actions"] * 2), r"'actions' must lie in \[-1, 1\]"),
+        (lambda d: d.__setitem__("masks", d["masks"] - 1), "'masks' must lie in"),
+        (lambda d: d.__setitem__("costs", np.array(["a"] * 50)), "'costs' must be a real numeric"),
+    ],
+)
+def test_device_dataset_validation(change, match):
+    arrays = _random_arrays(np.random.default_rng(7))
+    change(arrays)
+    with pytest.raises(ValueError, match=match):
+        DeviceDataset.from_arrays(arrays)
+
+
+def test_bad_arguments_raise():
+    data = DeviceDataset.from_arrays(_random_arrays(np.random.default_rng(8)))
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        sample_batch(jax.random.key(0), data, 0)
+    with pytest.raises(ValueError, match="actions in"):
+        create_train_state(TINY, 3, 2, jax.random.key(0), action_low=-2.0, action_high=2.0)
+    with pytest.raises(ValueError, match="act_dim must be a positive integer"):
+        create_train_state(TINY, 3, 0, jax.random.key(0))
+    with pytest.raises(ValueError, match="config must be a SafeFQLConfig"):
+        create_train_state({"batch_size": 3}, 3, 2, jax.random.key(0))
+    with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+        train_steps(create_train_state(TINY, 3, 2, jax.random.key(0)), data, jax.random.key(1), 0)
+
+
+def test_config_roundtrip_and_errors():
+    import json
+
+    cfg = default_config("safefql/BoatNav-v0")
+    assert SafeFQLConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.w_safe >= 1e4 and max(cfg.critic_hidden) <= 128
+    assert default_config("SafetyPointGoal1-v0").actor_hidden != cfg.actor_hidden
+    assert default_config("SomethingElse-v3") == default_config("Pendulum-v1")
+    assert cfg.replace(alpha=3.0).alpha == 3.0 and cfg.alpha != 3.0
+    with pytest.raises(ValueError, match=r"unknown SafeFQLConfig keys \['bogus'\]"):
+        SafeFQLConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(ValueError, match="unknown SafeFQLConfig fields"):
+        cfg.replace(lr=1.0)
+    with pytest.raises(ValueError, match="actor_objective must be one of"):
+        cfg.replace(actor_objective="fancy")
+    with pytest.raises(ValueError, match="safety_margin must lie in"):
+        cfg.replace(safety_margin=-0.1)
+    with pytest.raises(ValueError, match="gamma must lie in"):
+        cfg.replace(gamma=1.0)
+    with pytest.raises(ValueError, match="critic_hidden must contain positive integers"):
+        cfg.replace(critic_hidden=(64, 0))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        cfg.replace(activation="swish2")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        cfg.replace(batch_size=0)
+    with pytest.raises(ValueError, match="grad_clip must be a finite number"):
+        cfg.replace(grad_clip=float("nan"))
+    with pytest.raises(ValueError, match="env_id must be a string"):
+        default_config(3)

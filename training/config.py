@@ -1,0 +1,188 @@
+"""Hyperparameters of the SafeFQL learner (DESIGN.md sections 2-3) and per-environment defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from safefql.training.networks import ACTIVATIONS
+
+ACTOR_OBJECTIVES = ("plain", "normalized")
+_HIDDEN_FIELDS = ("critic_hidden", "value_hidden", "actor_hidden", "flow_hidden")
+
+
+@dataclasses.dataclass(frozen=True)
+class SafeFQLConfig:
+    """Everything that defines a SafeFQL agent and its updates; frozen and hashable (a static jit arg)."""
+
+    critic_hidden: tuple[int, ...] = (256, 256)  # hidden widths of each reward/safety Q network
+    value_hidden: tuple[int, ...] = (256, 256)  # hidden widths of the V_r and V_h networks
+    actor_hidden: tuple[int, ...] = (512, 512, 512, 512)  # hidden widths of the one-step actor mu(s, z)
+    flow_hidden: tuple[int, ...] = (512, 512, 512, 512)  # hidden widths of the flow teacher v(s, x_t, t)
+    activation: str = "gelu"  # nonlinearity of every network (a key of networks.ACTIVATIONS)
+    critic_lr: float = 3e-4  # Adam learning rate of the four critics (Q_r, V_r, Q_h, V_h)
+    actor_lr: float = 3e-4  # Adam learning rate of the one-step actor
+    flow_lr: float = 3e-4  # Adam learning rate of the flow teacher
+    grad_clip: float | None = None  # global grad-norm clip per optimizer; None disables clipping
+    gamma: float = 0.99  # discount of the reward and HJ safety backups
+    ema_rate: float = 0.005  # Polyak rate of the target Q networks
+    expectile_reward: float = 0.9  # tau_r: V_r tracks the upper tau_r-expectile of Qbar_r
+    expectile_safety: float = 0.9  # tau_h: V_h tracks the lower (1 - tau_h)-expectile of Qbar_h
+    flow_steps: int = 10  # K, Euler steps of the flow teacher when sampling
+    alpha: float = 1.0  # weight of the distillation loss ||a_mu - flow_K||^2 in the actor loss
+    w_safe: float = 1.0  # weight of the max(0, Q_h) penalty on samples outside the safety gate
+    safety_margin: float = 0.0  # actor gate is Q_h + margin <= 0 (0: the paper's gate; > 0 keeps clear)
+    action_penalty: float = 1.0  # weight of (|mu(s,z)| - 1)^2 beyond the box, so clip never stalls gradients
+    actor_objective: str = "plain"  # "plain": batch mean; "normalized": each gate branch averaged alone
+    batch_size: int = 256  # transitions per update
+    num_reward_q: int = 2  # reward Q ensemble size (min over members)
+    num_safety_q: int = 2  # safety Q ensemble size (max over members)
+    steps_per_call: int = 1000  # updates per jitted lax.scan call of train_steps
+    num_updates: int = 100_000  # total updates a training run makes by default
+
+    def __post_init__(self) -> None:
+        for name in _HIDDEN_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, int | str) or not hasattr(value, "__iter__"):
+                raise ValueError(f"{name} must be a sequence of layer widths, got {value!r}")
+            value = tuple(value)
+            if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in value):
+                raise ValueError(f"{name} must contain positive integers, got {value!r}")
+            object.__setattr__(self, name, value)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.actor_objective not in ACTOR_OBJECTIVES:
+            raise ValueError(
+                f"actor_objective must be one of {ACTOR_OBJECTIVES}, got {self.actor_objective!r}"
+            )
+        for name in ("critic_lr", "actor_lr", "flow_lr"):
+            _check_float(name, getattr(self, name), lo=0.0, lo_open=True)
+        if self.grad_clip is not None:
+            _check_float("grad_clip", self.grad_clip, lo=0.0, lo_open=True)
+        _check_float("gamma", self.gamma, lo=0.0, hi=1.0, hi_open=True)
+        _check_float("ema_rate", self.ema_rate, lo=0.0, hi=1.0, lo_open=True)
+        for name in ("expectile_reward", "expectile_safety"):
+            _check_float(name, getattr(self, name), lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        _check_float("alpha", self.alpha, lo=0.0)
+        _check_float("w_safe", self.w_safe, lo=0.0)
+        _check_float("safety_margin", self.safety_margin, lo=0.0)
+        _check_float("action_penalty", self.action_penalty, lo=0.0)
+        for name in (
+            "flow_steps",
+            "batch_size",
+            "num_reward_q",
+            "num_safety_q",
+            "steps_per_call",
+            "num_updates",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        for name in _HIDDEN_FIELDS:
+            out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SafeFQLConfig:
+        """Inverse of ``to_dict``; unknown keys raise ValueError, missing keys take the class defaults."""
+        if not isinstance(data, dict):
+            raise ValueError(f"config must be a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SafeFQLConfig keys {unknown}; known keys are {sorted(known)}")
+        kwargs = dict(data)
+        for name in _HIDDEN_FIELDS:
+            if name in kwargs and isinstance(kwargs[name], list):
+                kwargs[name] = tuple(kwargs[name])
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> SafeFQLConfig:
+        """Copy with some fields changed (validated again); unknown names raise ValueError."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown SafeFQLConfig fields {unknown}; known fields are {sorted(known)}")
+        return dataclasses.replace(self, **changes)
+
+
+def _check_float(
+    name: str,
+    value: Any,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+    bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
+    if bad_lo or bad_hi:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        raise ValueError(
+            f"{name} must lie in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}, "
+            f"got {value!r}"
+        )
+
+
+# Boat (DESIGN.md section 6): 2-D state and action, sized for a 2-core CPU (~3 minutes of training).
+_BOAT = SafeFQLConfig(
+    critic_hidden=(128, 128),
+    value_hidden=(128, 128),
+    actor_hidden=(128, 128),
+    flow_hidden=(128, 128),
+    activation="gelu",
+    # Measured on the default 1M dataset (README, tuning notes): alpha > 0 makes the actor clone the mixed
+    # behaviour (10% violating episodes at alpha=0.1); w_safe = 1e5 drowns the reward branch and the
+    # actor drives to a box corner (return -722). alpha=0 (the reference default) with w_safe=10 gave -497.
+    alpha=0.0,
+    w_safe=10.0,
+    actor_objective="plain",
+    batch_size=256,
+    steps_per_call=1000,
+    num_updates=30_000,
+)
+
+# Safety-Gymnasium: bigger networks, closer to the reference code (sections 10).
+_SAFETY_GYM = SafeFQLConfig(
+    critic_hidden=(256, 256),
+    value_hidden=(256, 256),
+    actor_hidden=(256, 256, 256),
+    flow_hidden=(256, 256, 256),
+    activation="gelu",
+    alpha=1.0,
+    w_safe=1.0,
+    batch_size=256,
+    steps_per_call=500,
+    num_updates=100_000,
+)
+
+_GENERIC = SafeFQLConfig(
+    critic_hidden=(256, 256),
+    value_hidden=(256, 256),
+    actor_hidden=(256, 256, 256),
+    flow_hidden=(256, 256, 256),
+    alpha=1.0,
+    w_safe=1.0,
+    batch_size=256,
+)
+
+
+def default_config(env_id: str) -> SafeFQLConfig:
+    """Per-environment defaults: the boat ids, Safety-Gymnasium ids (``Safety...``), else a generic config."""
+    if not isinstance(env_id, str):
+        raise ValueError(f"env_id must be a string, got {type(env_id).__name__}")
+    name = env_id.lower()
+    if "boatnav" in name:
+        return _BOAT
+    if name.startswith("safety") or "safety_gym" in name or "safetygym" in name:
+        return _SAFETY_GYM
+    return _GENERIC

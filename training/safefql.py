@@ -1,0 +1,428 @@
+"""The SafeFQL learner: IQL reward critics, HJ safety critics, flow teacher and gated one-step actor.
+
+Implements DESIGN.md sections 2-3. Actions are assumed to lie in [-1, 1] per dimension (the boat's and
+Safety-Gymnasium's action spaces); ``create_train_state`` rejects other bounds. Every network takes an
+unbatched input; the functions below take batched inputs ``(..., dim)`` and vmap over the leading axes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from safefql.datasets.sampler import DeviceDataset, sample_batch
+from safefql.training.config import SafeFQLConfig
+from safefql.training.networks import MLP, ema_update, ensemble_apply, make_ensemble
+
+Batch = dict[str, Array]
+Info = dict[str, Array]
+
+
+class SafeFQLAgent(eqx.Module):
+    """All networks of SafeFQL. Ensembles carry a leading member axis (``networks.make_ensemble``)."""
+
+    reward_q: MLP  # ensemble, Q_r^k(concat(obs, action)) -> scalar
+    reward_q_target: MLP  # EMA copy of reward_q
+    reward_v: MLP  # V_r(obs) -> scalar
+    safety_q: MLP  # ensemble, Q_h^k(concat(obs, action)) -> scalar
+    safety_q_target: MLP  # EMA copy of safety_q
+    safety_v: MLP  # V_h(obs) -> scalar
+    flow: MLP  # v(concat(obs, x_t, t)) -> velocity
+    actor: MLP  # mu(concat(obs, z)) -> pre-clip action
+
+
+class TrainState(eqx.Module):
+    """Agent, one Adam state per parameter group, and the update counter. ``config`` is static."""
+
+    agent: SafeFQLAgent
+    critic_opt_state: optax.OptState  # over (reward_q, reward_v, safety_q, safety_v)
+    actor_opt_state: optax.OptState
+    flow_opt_state: optax.OptState
+    step: Int[Array, ""]
+    config: SafeFQLConfig = eqx.field(static=True)
+
+
+def _sg(tree):
+    return jax.tree.map(jax.lax.stop_gradient, tree)
+
+
+def _leading(fn: Callable, *xs: Array) -> Array:
+    """Apply an unbatched ``fn`` over all leading axes of ``xs`` (last axis is the feature axis)."""
+    lead = xs[0].shape[:-1]
+    flat = [x.reshape(-1, x.shape[-1]) for x in xs]
+    out = jax.vmap(fn)(*flat)
+    return out.reshape(lead + out.shape[1:])
+
+
+def _q_all(ensemble: MLP, obs: Array, actions: Array) -> Array:
+    """Every member's Q value, shape ``(..., num)``."""
+    return _leading(lambda o, a: ensemble_apply(ensemble, jnp.concatenate([o, a])), obs, actions)
+
+
+def _v(net: MLP, obs: Array) -> Array:
+    return _leading(net, obs)
+
+
+def flow_actions(
+    agent: SafeFQLAgent, obs: Float[Array, "... o"], z: Float[Array, "... a"], steps: int
+) -> Array:
+    """Teacher sample: ``steps`` Euler steps from noise ``z`` (t=0) to t=1, then clip to [-1, 1]."""
+
+    def single(o, x0):
+        def body(i, x):
+            t = jnp.full((1,), i / steps, dtype=x.dtype)
+            return x + agent.flow(jnp.concatenate([o, x, t])) / steps
+
+        return jax.lax.fori_loop(0, steps, body, x0)
+
+    return jnp.clip(_leading(single, obs, z), -1.0, 1.0)
+
+
+def actor_raw_actions(agent: SafeFQLAgent, obs: Float[Array, "... o"], z: Float[Array, "... a"]) -> Array:
+    """One-step policy output ``mu(s, z)`` before clipping."""
+    return _leading(lambda o, x: agent.actor(jnp.concatenate([o, x])), obs, z)
+
+
+def actor_actions(agent: SafeFQLAgent, obs: Float[Array, "... o"], z: Float[Array, "... a"]) -> Array:
+    """One-step policy ``clip(mu(s, z))``."""
+    return jnp.clip(actor_raw_actions(agent, obs, z), -1.0, 1.0)
+
+
+def safety_q_value(agent: SafeFQLAgent, obs: Array, actions: Array) -> Array:
+    """Pessimistic safety Q, ``max_k Q_h^k(s, a)`` (online nets); ``<= 0`` means predicted safe."""
+    return _q_all(agent.safety_q, obs, actions).max(-1)
+
+
+def reward_q_value(agent: SafeFQLAgent, obs: Array, actions: Array) -> Array:
+    """Pessimistic reward Q, ``min_k Q_r^k(s, a)`` (online nets)."""
+    return _q_all(agent.reward_q, obs, actions).min(-1)
+
+
+def safety_value(agent: SafeFQLAgent, obs: Array) -> Array:
+    """``V_h(s)``; ``<= 0`` means predicted to stay safe."""
+    return _v(agent.safety_v, obs)
+
+
+def reward_value(agent: SafeFQLAgent, obs: Array) -> Array:
+    """``V_r(s)``."""
+    return _v(agent.reward_v, obs)
+
+
+def expectile_weight(diff: Array, tau: float) -> Array:
+    """IQL weight ``|tau - 1(diff < 0)|``; with ``diff = target - v``, v tracks the upper tau-expectile."""
+    return jnp.abs(tau - (diff < 0).astype(diff.dtype))
+
+
+# ---------------------------------------------------------------- losses: (loss, info dict of scalars)
+
+
+def reward_value_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) -> tuple[Array, Info]:
+    """``|tau_r - 1(u < 0)| u^2`` with ``u = min_k Qbar_r^k(s, a) - V_r(s)``."""
+    q = jax.lax.stop_gradient(_q_all(agent.reward_q_target, batch["observations"], batch["actions"]).min(-1))
+    v = _v(agent.reward_v, batch["observations"])
+    u = q - v
+    loss = jnp.mean(expectile_weight(u, config.expectile_reward) * u**2)
+    return loss, {"reward_v_loss": loss, "reward_v": v.mean()}
+
+
+def reward_critic_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) -> tuple[Array, Info]:
+    """``(r + gamma * mask * V_r(s') - Q_r^k(s, a))^2``, summed over members, mean over the batch."""
+    next_v = _v(agent.reward_v, batch["next_observations"])
+    y = jax.lax.stop_gradient(batch["rewards"] + config.gamma * batch["masks"] * next_v)
+    q = _q_all(agent.reward_q, batch["observations"], batch["actions"])
+    loss = jnp.mean(jnp.sum((q - y[..., None]) ** 2, axis=-1))
+    return loss, {"reward_q_loss": loss, "reward_q": q.mean(), "reward_q_target": y.mean()}
+
+
+def safety_critic_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) -> tuple[Array, Info]:
+    """HJ backup ``y = (1 - gamma) h + gamma max(h, V_h(s'))`` (``y = h`` at terminals), per-member MSE."""
+    h = batch["h"]
+    next_v = _v(agent.safety_v, batch["next_observations"])
+    backup = (1.0 - config.gamma) * h + config.gamma * jnp.maximum(h, next_v)
+    y = jax.lax.stop_gradient(batch["masks"] * backup + (1.0 - batch["masks"]) * h)
+    q = _q_all(agent.safety_q, batch["observations"], batch["actions"])
+    loss = jnp.mean(jnp.sum((q - y[..., None]) ** 2, axis=-1))
+    return loss, {"safety_q_loss": loss, "safety_q": q.mean(), "safety_q_target": y.mean()}
+
+
+def safety_value_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) -> tuple[Array, Info]:
+    """Lower expectile: ``|tau_h - 1(w > 0)| w^2`` with ``w = max_k Qbar_h^k(s, a) - V_h(s)``."""
+    q = jax.lax.stop_gradient(_q_all(agent.safety_q_target, batch["observations"], batch["actions"]).max(-1))
+    v = _v(agent.safety_v, batch["observations"])
+    w = q - v
+    loss = jnp.mean(jnp.abs(config.expectile_safety - (w > 0).astype(w.dtype)) * w**2)
+    return loss, {"safety_v_loss": loss, "safety_v": v.mean(), "safe_frac_v": jnp.mean(v <= 0)}
+
+
+def flow_loss(
+    agent: SafeFQLAgent, batch: Batch, key: PRNGKeyArray, config: SafeFQLConfig
+) -> tuple[Array, Info]:
+    """Flow matching ``||v(s, x_t, t) - (a - z)||^2`` with ``x_t = (1 - t) z + t a``, ``t ~ U[0, 1]``."""
+    a = batch["actions"]
+    kz, kt = jax.random.split(key)
+    z = jax.random.normal(kz, a.shape, a.dtype)
+    t = jax.random.uniform(kt, a.shape[:-1] + (1,), a.dtype)
+    x_t = (1.0 - t) * z + t * a
+    v = _leading(lambda o, x, s: agent.flow(jnp.concatenate([o, x, s])), batch["observations"], x_t, t)
+    loss = jnp.mean(jnp.sum((v - (a - z)) ** 2, axis=-1))
+    return loss, {"flow_loss": loss}
+
+
+def actor_loss(
+    agent: SafeFQLAgent, batch: Batch, key: PRNGKeyArray, config: SafeFQLConfig
+) -> tuple[Array, Info]:
+    """``alpha * distill + gated Q objective``; only the actor gets gradients (critics and flow are sg'd)."""
+    obs = batch["observations"]
+    z = jax.random.normal(key, batch["actions"].shape, batch["actions"].dtype)
+    frozen = _sg(agent)  # critics and flow enter only as constants; frozen.actor is never used
+    target = jax.lax.stop_gradient(flow_actions(frozen, obs, z, config.flow_steps))
+    raw = actor_raw_actions(agent, obs, z)
+    a_mu = jnp.clip(raw, -1.0, 1.0)
+    distill = jnp.mean(jnp.sum((a_mu - target) ** 2, axis=-1))
+    # clip has zero gradient outside the box: an output that drifts past a bound stops receiving Q
+    # gradients and the actor freezes at a corner. The penalty returns it to where gradients flow;
+    # it is zero for in-box outputs, so it leaves the clipped optimum unchanged.
+    box = jnp.mean(jnp.sum(jax.nn.relu(jnp.abs(raw) - 1.0) ** 2, axis=-1))
+    q_h = _q_all(frozen.safety_q, obs, a_mu).max(-1)
+    q_r = _q_all(frozen.reward_q, obs, a_mu).min(-1)
+    scale = jax.lax.stop_gradient(1.0 / (jnp.mean(jnp.abs(q_r)) + 1e-6))
+    # With safety_margin m > 0 the actor already treats "Q_h > -m" as infeasible, so it steers clear of the
+    # boundary instead of grazing it (the one-step effect of an action on Q_h is small when dt is small).
+    q_h_margin = q_h + config.safety_margin
+    gate = jax.lax.stop_gradient((q_h_margin <= 0).astype(q_h.dtype))
+    reward_term = gate * (-q_r) * scale
+    safety_term = (1.0 - gate) * config.w_safe * jax.nn.relu(q_h_margin)
+    if config.actor_objective == "normalized":
+        q_loss = reward_term.sum() / jnp.maximum(gate.sum(), 1.0) + safety_term.sum() / jnp.maximum(
+            (1.0 - gate).sum(), 1.0
+        )
+    else:
+        q_loss = jnp.mean(reward_term + safety_term)
+    loss = config.alpha * distill + q_loss + config.action_penalty * box
+    info = {
+        "actor_loss": loss,
+        "distill_loss": distill,
+        "box_penalty": box,
+        "q_loss": q_loss,
+        "gate_frac": gate.mean(),
+        "q_h_actor": q_h.mean(),
+        "q_r_actor": q_r.mean(),
+        "action_abs": jnp.abs(a_mu).mean(),
+    }
+    return loss, info
+
+
+# ---------------------------------------------------------------- state, optimizers, updates
+
+_CRITICS = lambda g: (g.reward_q, g.reward_v, g.safety_q, g.safety_v)
+
+
+def _optimizer(lr: float, clip: float | None) -> optax.GradientTransformation:
+    adam = optax.adam(lr)
+    return adam if clip is None else optax.chain(optax.clip_by_global_norm(clip), adam)
+
+
+def _optimizers(config: SafeFQLConfig) -> tuple[optax.GradientTransformation, ...]:
+    return (
+        _optimizer(config.critic_lr, config.grad_clip),
+        _optimizer(config.actor_lr, config.grad_clip),
+        _optimizer(config.flow_lr, config.grad_clip),
+    )
+
+
+def create_train_state(
+    config: SafeFQLConfig,
+    obs_dim: int,
+    act_dim: int,
+    key: PRNGKeyArray,
+    action_low: float | np.ndarray = -1.0,
+    action_high: float | np.ndarray = 1.0,
+) -> TrainState:
+    """Fresh agent and optimizer states. Actions must be bounded by [-1, 1] (no rescaling is implemented)."""
+    obs_dim, act_dim = _check_dims(config, obs_dim, act_dim, action_low, action_high)
+    return _init_state(config, obs_dim, act_dim, key)
+
+
+def _check_dims(config, obs_dim, act_dim, action_low, action_high) -> tuple[int, int]:
+    if not isinstance(config, SafeFQLConfig):
+        raise ValueError(f"config must be a SafeFQLConfig, got {type(config).__name__}")
+    for name, dim in (("obs_dim", obs_dim), ("act_dim", act_dim)):
+        if not isinstance(dim, int | np.integer) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"{name} must be a positive integer, got {dim!r}")
+    obs_dim, act_dim = int(obs_dim), int(act_dim)
+    low, high = np.broadcast_to(action_low, (act_dim,)), np.broadcast_to(action_high, (act_dim,))
+    if not (np.all(low == -1.0) and np.all(high == 1.0)):
+        raise ValueError(
+            f"SafeFQL assumes actions in [-1, 1]; got action bounds low={low.tolist()}, high={high.tolist()} "
+            "(rescale the environment's actions, e.g. gymnasium.wrappers.RescaleAction)"
+        )
+    return obs_dim, act_dim
+
+
+_TRAINED = ("reward_q", "reward_v", "safety_q", "safety_v", "flow", "actor")
+
+
+def _build_agent(config: SafeFQLConfig, obs_dim: int, act_dim: int, key: PRNGKeyArray) -> SafeFQLAgent:
+    keys = jax.random.split(key, 6)
+    act = config.activation
+    q_kw = dict(
+        in_size=obs_dim + act_dim, out_size=1, hidden=config.critic_hidden, activation=act, squeeze=True
+    )
+    reward_q = make_ensemble(keys[0], config.num_reward_q, **q_kw)
+    safety_q = make_ensemble(keys[1], config.num_safety_q, **q_kw)
+    return SafeFQLAgent(
+        reward_q=reward_q,
+        reward_q_target=reward_q,
+        reward_v=MLP(obs_dim, 1, config.value_hidden, key=keys[2], activation=act, squeeze=True),
+        safety_q=safety_q,
+        safety_q_target=safety_q,
+        safety_v=MLP(obs_dim, 1, config.value_hidden, key=keys[3], activation=act, squeeze=True),
+        flow=MLP(obs_dim + act_dim + 1, act_dim, config.flow_hidden, key=keys[4], activation=act),
+        actor=MLP(obs_dim + act_dim, act_dim, config.actor_hidden, key=keys[5], activation=act),
+    )
+
+
+def _linear_leaves(agent: SafeFQLAgent) -> list:
+    return [
+        x for name in _TRAINED for layer in getattr(agent, name).layers for x in (layer.weight, layer.bias)
+    ]
+
+
+@eqx.filter_jit
+def _init_state(config: SafeFQLConfig, obs_dim: int, act_dim: int, key: PRNGKeyArray) -> TrainState:
+    # Equinox's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, drawn
+    # from ONE uniform stream: XLA:CPU spends ~0.15 s compiling each separate random draw.
+    shapes = eqx.filter_eval_shape(_build_agent, config, obs_dim, act_dim, jax.random.key(0))
+    structs = _linear_leaves(shapes)
+    sizes = [math.prod(x.shape) for x in structs]
+    u = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
+    values, offset = [], 0
+    for i, (struct, size) in enumerate(zip(structs, sizes, strict=True)):
+        fan_in = structs[i - i % 2].shape[-1]  # the weight of this layer, shape (..., out, in)
+        values.append(u[offset : offset + size].reshape(struct.shape) / math.sqrt(fan_in))
+        offset += size
+    agent = eqx.tree_at(_linear_leaves, shapes, values)
+    agent = eqx.tree_at(
+        lambda g: (g.reward_q_target, g.safety_q_target), agent, (agent.reward_q, agent.safety_q)
+    )
+    critic_opt, actor_opt, flow_opt = _optimizers(config)
+    return TrainState(
+        agent=agent,
+        critic_opt_state=critic_opt.init(eqx.filter(_CRITICS(agent), eqx.is_array)),
+        actor_opt_state=actor_opt.init(eqx.filter(agent.actor, eqx.is_array)),
+        flow_opt_state=flow_opt.init(eqx.filter(agent.flow, eqx.is_array)),
+        step=jnp.zeros((), jnp.int32),
+        config=config,
+    )
+
+
+def create_train_states(config: SafeFQLConfig, obs_dim: int, act_dim: int, keys: PRNGKeyArray) -> TrainState:
+    """One train state per key, stacked along a leading seed axis (for ``train_steps_multi``)."""
+    obs_dim, act_dim = _check_dims(config, obs_dim, act_dim, -1.0, 1.0)
+    return _init_states(config, obs_dim, act_dim, keys)
+
+
+# Module level so the compiled init is cached across calls; non-array arguments broadcast.
+_init_states = eqx.filter_jit(eqx.filter_vmap(_init_state))
+
+
+def _critic_total(critics, agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) -> tuple[Array, Info]:
+    agent = eqx.tree_at(_CRITICS, agent, critics)
+    info: Info = {}
+    total = jnp.zeros(())
+    for fn in (reward_value_loss, reward_critic_loss, safety_value_loss, safety_critic_loss):
+        loss, part = fn(agent, batch, config)
+        total, info = total + loss, info | part
+    return total, info
+
+
+def _apply(opt: optax.GradientTransformation, module, grads, opt_state):
+    updates, opt_state = opt.update(grads, opt_state, eqx.filter(module, eqx.is_array))
+    return eqx.apply_updates(module, updates), opt_state
+
+
+def _update(state: TrainState, batch: Batch, key: PRNGKeyArray) -> tuple[TrainState, Info]:
+    config, agent = state.config, state.agent
+    critic_opt, actor_opt, flow_opt = _optimizers(config)
+    k_flow, k_actor = jax.random.split(key)
+
+    critics = _CRITICS(agent)
+    (_, c_info), c_grads = eqx.filter_value_and_grad(_critic_total, has_aux=True)(
+        critics, agent, batch, config
+    )
+
+    def actor_fn(actor):
+        return actor_loss(eqx.tree_at(lambda g: g.actor, agent, actor), batch, k_actor, config)
+
+    (_, a_info), a_grads = eqx.filter_value_and_grad(actor_fn, has_aux=True)(agent.actor)
+
+    def flow_fn(flow):
+        return flow_loss(eqx.tree_at(lambda g: g.flow, agent, flow), batch, k_flow, config)
+
+    (_, f_info), f_grads = eqx.filter_value_and_grad(flow_fn, has_aux=True)(agent.flow)
+
+    critics, critic_opt_state = _apply(critic_opt, critics, c_grads, state.critic_opt_state)
+    actor, actor_opt_state = _apply(actor_opt, agent.actor, a_grads, state.actor_opt_state)
+    flow, flow_opt_state = _apply(flow_opt, agent.flow, f_grads, state.flow_opt_state)
+    reward_q, reward_v, safety_q, safety_v = critics
+    new_agent = SafeFQLAgent(
+        reward_q=reward_q,
+        reward_q_target=ema_update(agent.reward_q_target, reward_q, config.ema_rate),
+        reward_v=reward_v,
+        safety_q=safety_q,
+        safety_q_target=ema_update(agent.safety_q_target, safety_q, config.ema_rate),
+        safety_v=safety_v,
+        flow=flow,
+        actor=actor,
+    )
+    info = {f"critic/{k}": v for k, v in c_info.items()}
+    info |= {f"actor/{k}": v for k, v in a_info.items()} | {f"flow/{k}": v for k, v in f_info.items()}
+    info["critic/grad_norm"] = optax.tree.norm(eqx.filter(c_grads, eqx.is_array))
+    info["actor/grad_norm"] = optax.tree.norm(eqx.filter(a_grads, eqx.is_array))
+    new_state = TrainState(
+        new_agent, critic_opt_state, actor_opt_state, flow_opt_state, state.step + 1, config
+    )
+    return new_state, info
+
+
+@eqx.filter_jit
+def update(state: TrainState, batch: Batch, key: PRNGKeyArray) -> tuple[TrainState, Info]:
+    """One update: critics, actor and flow from the same pre-update agent, then the EMA targets."""
+    return _update(state, batch, key)
+
+
+def _train_steps(state: TrainState, data: DeviceDataset, key: PRNGKeyArray, num_steps: int):
+    def body(carry, k):
+        k_batch, k_update = jax.random.split(k)
+        carry, info = _update(carry, sample_batch(k_batch, data, carry.config.batch_size), k_update)
+        return carry, info
+
+    state, infos = jax.lax.scan(body, state, jax.random.split(key, num_steps))
+    return state, jax.tree.map(lambda x: x.mean(0), infos)
+
+
+@eqx.filter_jit
+def train_steps(
+    state: TrainState, data: DeviceDataset, key: PRNGKeyArray, num_steps: int
+) -> tuple[TrainState, Info]:
+    """``num_steps`` updates in one ``lax.scan``, batches sampled on device; info averaged over the steps."""
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    return _train_steps(state, data, key, num_steps)
+
+
+@eqx.filter_jit
+def train_steps_multi(
+    states: TrainState, data: DeviceDataset, keys: PRNGKeyArray, num_steps: int
+) -> tuple[TrainState, Info]:
+    """``train_steps`` vmapped over seeds: ``states``/``keys`` have a leading seed axis; data is shared."""
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    return eqx.filter_vmap(lambda s, k: _train_steps(s, data, k, num_steps))(states, keys)
