@@ -273,16 +273,28 @@ def _act_np(name: str):
 
 
 def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``x @ w + b`` for one network (w: (in, out)) or an ensemble (w: (M, in, out), result (M, N, out))."""
-    if w.ndim == 2:
+    """``x @ w + b`` for one network, or an ensemble's layer (result (M, N, out)).
+
+    Ensemble layers come as ``w`` (M, in, out) with ``b`` (M, out), or, for a first layer whose input is
+    shared by every member, pre-fused by :func:`_fuse_first_layer` as ``w`` (in, M * out) with ``b`` (M, out):
+    one GEMM for all members. (Broadcasting x to (M, N, in) instead gives it a zero stride, which sends
+    matmul to a slow non-BLAS loop.)
+    """
+    if b.ndim == 1:
         return np.dot(x, w) + b
-    if x.ndim == 2:
-        # Shared input for every member: one GEMM against the members' weights side by side. Broadcasting
-        # x to (M, N, in) instead gives it a zero stride, which sends matmul to a slow non-BLAS loop.
-        m, n_in, n_out = w.shape
-        y = np.dot(x, w.transpose(1, 0, 2).reshape(n_in, m * n_out)).reshape(len(x), m, n_out)
-        return y.transpose(1, 0, 2) + b[:, None, :]
+    if w.ndim == 2:
+        m, n_out = b.shape
+        return np.dot(x, w).reshape(len(x), m, n_out).transpose(1, 0, 2) + b[:, None, :]
     return np.matmul(x, w) + b[:, None, :]
+
+
+def _fuse_first_layer(layers: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """An ensemble's first layer (M, in, out) as one (in, M * out) matrix, computed once; others unchanged."""
+    w, b = layers[0]
+    if w.ndim != 3:
+        return list(layers)
+    m, n_in, n_out = w.shape
+    return [(np.ascontiguousarray(w.transpose(1, 0, 2).reshape(n_in, m * n_out)), b), *layers[1:]]
 
 
 def _forward(layers: list[tuple[np.ndarray, np.ndarray]], act, x: np.ndarray) -> np.ndarray:
@@ -319,6 +331,7 @@ class NumpyPolicy(_PolicyInfo):
         self._a_rest = actor_layers[1:]
         self._act_dtype = np.dtype(self._act_space.dtype)
         self._acts = {k: _act_np(v[1]) for k, v in weights.items()}
+        self._layers = {k: _fuse_first_layer(v[0]) for k, v in weights.items()}
 
     def act(self, obs: Any, rng: np.random.Generator | None = None) -> np.ndarray:
         """Actor action ``clip(mu(s, z))``: ``z = 0`` if ``rng`` is None, else ``z ~ N(0, I)`` from it."""
@@ -347,8 +360,7 @@ class NumpyPolicy(_PolicyInfo):
     def safety_value(self, obs: Any) -> np.ndarray:
         """``V_h(s)`` (``<= 0``: predicted to stay safe)."""
         o, single = _validate(obs, self._obs_shape, "obs")
-        layers, _, _ = self._w["safety_v"]
-        v = _forward(layers, self._acts["safety_v"], o)[..., 0]
+        v = _forward(self._layers["safety_v"], self._acts["safety_v"], o)[..., 0]
         return v[0] if single else v
 
     def _q(self, name: str, obs: Any, action: Any) -> tuple[np.ndarray, bool]:
@@ -358,9 +370,8 @@ class NumpyPolicy(_PolicyInfo):
             raise ValueError(
                 f"obs and action batch shapes disagree: obs {np.shape(obs)}, action {np.shape(action)}"
             )
-        layers, _, _ = self._w[name]
         x = np.concatenate([o, a], axis=-1)
-        q = _forward(layers, self._acts[name], x)[..., 0]  # (M, N)
+        q = _forward(self._layers[name], self._acts[name], x)[..., 0]  # (M, N)
         return q, single_o
 
     def safety_q(self, obs: Any, action: Any) -> np.ndarray:

@@ -178,14 +178,20 @@ def flow_loss(
 def actor_loss(
     agent: SafeFQLAgent, batch: Batch, key: PRNGKeyArray, config: SafeFQLConfig
 ) -> tuple[Array, Info]:
-    """``alpha * distill + gated Q objective``; only the actor gets gradients (critics and flow are sg'd)."""
+    """``alpha * distill + gated Q objective``; only the actor gets gradients (critics and flow are sg'd).
+
+    With ``alpha = 0`` the teacher is not evaluated and ``info`` has no ``distill_loss``.
+    """
     obs = batch["observations"]
     z = jax.random.normal(key, batch["actions"].shape, batch["actions"].dtype)
     frozen = _sg(agent)  # critics and flow enter only as constants; frozen.actor is never used
-    target = jax.lax.stop_gradient(flow_actions(frozen, obs, z, config.flow_steps))
     raw = actor_raw_actions(agent, obs, z)
     a_mu = jnp.clip(raw, -1.0, 1.0)
-    distill = jnp.mean(jnp.sum((a_mu - target) ** 2, axis=-1))
+    if config.alpha > 0:
+        target = jax.lax.stop_gradient(flow_actions(frozen, obs, z, config.flow_steps))
+        distill = jnp.mean(jnp.sum((a_mu - target) ** 2, axis=-1))
+    else:  # alpha is static: skip the K teacher passes it would multiply by zero (most of the actor's cost)
+        distill = None
     # clip has zero gradient outside the box: an output that drifts past a bound stops receiving Q
     # gradients and the actor freezes at a corner. The penalty returns it to where gradients flow;
     # it is zero for in-box outputs, so it leaves the clipped optimum unchanged.
@@ -205,10 +211,10 @@ def actor_loss(
         )
     else:
         q_loss = jnp.mean(reward_term + safety_term)
-    loss = config.alpha * distill + q_loss + config.action_penalty * box
-    info = {
+    loss = q_loss + config.action_penalty * box + (0.0 if distill is None else config.alpha * distill)
+    info = {} if distill is None else {"distill_loss": distill}
+    info |= {
         "actor_loss": loss,
-        "distill_loss": distill,
         "box_penalty": box,
         "q_loss": q_loss,
         "gate_frac": gate.mean(),
