@@ -41,9 +41,10 @@ def main(argv: list[str] | None = None) -> dict:
     # loaded before timing, as it is cached on disk after its first computation.
     import minari
     import numpy as np
-    import safefql
     from rich.console import Console
     from rich.table import Table
+
+    import safefql
     from safefql._io import atomic_write_text
     from safefql.datasets.collect import collect
     from safefql.datasets.load import load_transitions

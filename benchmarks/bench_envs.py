@@ -23,6 +23,7 @@ import mujoco
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+
 from safefql._io import atomic_write_text
 from safefql.envs.boat import BoatNavEnv, BoatNavVectorEnv
 from safefql.envs.boat_dynamic import BoatNavDynamicEnv

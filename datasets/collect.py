@@ -47,6 +47,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
 from safefql._io import atomic_dir
 from safefql.datasets.policies import (
     BOAT_POLICIES,
@@ -539,8 +540,9 @@ def _boat_episodes(
     action_space: gym.spaces.Box,
     progress: bool,
 ) -> Iterator[EpisodeRecord]:
-    from safefql.envs import boat
     from tqdm.auto import tqdm
+
+    from safefql.envs import boat
 
     policies = [make_boat_policy(n) for n in names]
     steps = boat.EPISODE_STEPS

@@ -29,6 +29,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
 from safefql.datasets.collect import (
     DEFAULT_KAPPA,
     CollectSummary,

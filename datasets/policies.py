@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
 from safefql.envs import boat
 
 # Default behaviour mixture for BoatNav-v0 datasets: both safe and violating episodes, and the whole box.

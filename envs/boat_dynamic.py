@@ -48,6 +48,7 @@ from safefql.envs import boat  # first: it picks MuJoCo's headless GL backend be
 import gymnasium as gym
 import mujoco
 import numpy as np
+
 from safefql.envs.boat import (
     BOX_HIGH,
     BOX_LOW,

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+
 from safefql._io import atomic_write_bytes
 from safefql.envs import boat
 

@@ -7,8 +7,9 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
-import safefql  # noqa: F401  (registers the ids)
 from gymnasium.utils.env_checker import check_env
+
+import safefql  # noqa: F401  (registers the ids)
 from safefql.envs import boat_dynamic as bd
 from safefql.envs.boat_dynamic import BoatNavDynamicEnv
 

@@ -10,8 +10,9 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
-import safefql  # noqa: F401  (registers the ids)
 from gymnasium.utils.env_checker import check_env
+
+import safefql  # noqa: F401  (registers the ids)
 from safefql.envs import boat
 from safefql.envs.boat import BoatNavEnv, BoatNavVectorEnv
 

@@ -10,6 +10,7 @@ import h5py
 import minari
 import numpy as np
 import pytest
+
 from safefql.datasets import collect as collect_mod
 from safefql.datasets import policies as pol
 from safefql.datasets.collect import CollectSummary, EpisodeRecord, collect, write_minari_dataset

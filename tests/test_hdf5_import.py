@@ -8,6 +8,7 @@ import h5py
 import minari
 import numpy as np
 import pytest
+
 from safefql.datasets.hdf5_import import episode_ends, import_hdf5
 from safefql.datasets.load import load_transitions
 from safefql.envs import BOAT_ID, boat

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from safefql.envs import boat, oracle
 from safefql.envs.oracle import (
     SAFE_START_MARGIN,
