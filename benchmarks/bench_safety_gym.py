@@ -484,6 +484,7 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
     tr, paths = stage_safefql(env_id, args, transitions, work / "safefql")
     timings["train_safefql_s"] = time.perf_counter() - t0
     training["safefql"] = tr
+    console.print(f"[dim]trained SafeFQL: {tr['wall_time_s']:.0f} s, {tr['updates_per_s']:.1f} upd/s[/dim]")
 
     def safefql_factory(path: Path) -> Callable[[int], Callable[[np.ndarray], Any]]:
         fast = SafeFQLPolicy.load(path).numpy()
@@ -503,6 +504,9 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
             continue
         timings[f"train_{name}_s"] = time.perf_counter() - t0
         training[name] = rep
+        console.print(
+            f"[dim]trained {METHODS[name]}: {rep['wall_time_s']:.0f} s, {rep['updates_per_s']:.1f} upd/s"
+        )
 
         def factory(p: Any, stochastic: bool) -> Callable[[int], Callable[[np.ndarray], Any]]:
             def make(seed: int) -> Callable[[np.ndarray], Any]:

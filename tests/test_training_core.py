@@ -168,6 +168,7 @@ def chain_run():
     return state, info, eye
 
 
+@pytest.mark.slow  # compiles a train_steps scan (shared by the chain, serialisation and vmapped tests)
 def test_safety_critic_matches_hj_value_iteration(chain_run):
     state, info, eye = chain_run
     exact = np.zeros(len(H))
@@ -241,7 +242,7 @@ def toy_critics():
     return cfg, agent, test_obs, test_z
 
 
-@pytest.mark.parametrize(("objective", "margin"), [("plain", 0.0), ("normalized", 0.0), ("plain", 0.1)])
+@pytest.mark.parametrize(("objective", "margin"), [("plain", 0.0), ("normalized", 0.1)])
 def test_gated_actor_picks_best_safe_action(toy_critics, objective, margin):
     cfg, agent, obs, z = toy_critics
     trained = _train_actor(agent, cfg.replace(actor_objective=objective, safety_margin=margin))
@@ -275,8 +276,9 @@ def test_actor_loss_terms_and_no_gradient_to_critics_or_flow():
     batch = {"observations": obs, "actions": jnp.zeros((64, ACT))}
     configs = [
         TINY.replace(alpha=1.0, w_safe=5.0, actor_objective="plain"),
-        TINY.replace(alpha=1.0, w_safe=5.0, actor_objective="normalized"),
-        TINY.replace(alpha=0.0, w_safe=5.0, safety_margin=0.05, action_penalty=2.0),
+        TINY.replace(
+            alpha=0.0, w_safe=5.0, actor_objective="normalized", safety_margin=0.05, action_penalty=2.0
+        ),
     ]
 
     @eqx.filter_jit
@@ -307,18 +309,18 @@ def test_actor_loss_terms_and_no_gradient_to_critics_or_flow():
         return gate, reward_term, penalty
 
     gate, reward_term, penalty = q_terms(0.0)
-    expected = [
-        distill + np.mean(reward_term + penalty) + box,
-        distill + reward_term.sum() / gate.sum() + penalty.sum() / (1 - gate).sum() + box,
-    ]
     gate_m, reward_m, penalty_m = q_terms(0.05)
-    expected.append(np.mean(reward_m + penalty_m) + 2.0 * box)
-    assert len({round(e, 3) for e in expected}) == 3  # the three objectives really differ here
+    expected = [
+        distill + np.mean(reward_term + penalty) + box,  # plain
+        reward_m.sum() / gate_m.sum() + penalty_m.sum() / (1 - gate_m).sum() + 2.0 * box,  # normalized
+    ]
+    plain_with_margin = np.mean(reward_m + penalty_m) + 2.0 * box
+    assert abs(expected[1] - plain_with_margin) > 1e-2 * abs(expected[1])  # per-branch averaging matters
     for i, (loss, info, grads) in enumerate(out):
         assert float(loss) == pytest.approx(expected[i], rel=1e-4), i
-        assert float(info["gate_frac"]) == pytest.approx((gate_m if i == 2 else gate).mean(), abs=1e-6)
+        assert float(info["gate_frac"]) == pytest.approx((gate_m if i == 1 else gate).mean(), abs=1e-6)
         assert float(info["box_penalty"]) == pytest.approx(box, rel=1e-4)
-        if i < 2:
+        if i == 0:
             assert float(info["distill_loss"]) == pytest.approx(distill, rel=1e-5)
         else:
             assert "distill_loss" not in info  # alpha = 0: the teacher is not evaluated
@@ -383,6 +385,7 @@ def test_safety_backup_values_and_terminal():
     assert float(loss) == pytest.approx(2 * np.mean(y**2), rel=1e-5)  # two members, both predicting 0
 
 
+@pytest.mark.slow  # compiles one update
 def test_ema_targets_move_at_ema_rate():
     state = create_train_state(TINY, OBS, ACT, jax.random.key(18))
     rate = TINY.ema_rate
