@@ -9,12 +9,12 @@ Per task (``--envs``, default SafetyPointGoal1Gymnasium-v0 and SafetyCarGoal1Gym
     ``$MINARI_DATASETS_PATH`` (default ``<work-dir>/minari``). Reported: size, collection time, episode
     cost distribution overall and per behaviour policy (mean episode cost, fraction of episodes with cost).
     ``--reuse-data`` keeps an existing dataset with the same id (the id encodes env, episodes and seed).
-(b) **training**: SafeFQL via ``safefql.training.trainer.train`` with a CPU-sized config (``CPU_CONFIG``:
+(b) **training**: SafeFQL via ``safefql.training.trainer.train`` with a CPU-sized config (``cpu_config``:
     2x256 critics, 2x256 GELU actor and flow, batch 256; alpha, w_safe, safety_margin from the
     Safety-Gym defaults unless ``--set key=value``), ``--seeds`` seeds in one vmapped program, 10% of the
     episodes held out (calibration). BC-all, BC-safe (zero-cost episodes only) and FISOR-style
-    (``train_baseline``; configs in ``baseline_configs``) on the same training episodes, one run per seed.
-    Reported: updates/s and wall time of each.
+    (``train_baseline``; configs in ``baseline_configs``: 2x256 critics, FISOR noise net width 64) on the
+    same training episodes, one run per seed. Reported: updates/s and wall time of each.
 (c) **evaluation**: every policy for ``--eval-episodes`` episodes per seed, the same seeded starts for all
     (``env.reset(seed=EVAL_SEED + i)``), SafeFQL as a policy (one-step actor, z = 0), FISOR with fresh noise
     per step. Normalised the DSRL way: ``r_norm = (R - R_min) / (R_max - R_min)`` with R_min / R_max the
@@ -28,13 +28,23 @@ Per task (``--envs``, default SafetyPointGoal1Gymnasium-v0 and SafetyCarGoal1Gym
     conformal ``delta`` (``calibrate(ckpt, "offline", eps=--eps)`` on the held-out episodes) when finite.
     Reported: episode-cost reduction (target >= 80%), return change, intervention rate.
 
+Variants (stored under ``"<env id> [<tag>]"`` with ``--tag``): ``--kappa K`` relabels the surrogate margin
+in memory (``h = K if cost > 0 else -1``, for every method; the HJ critic's horizon shrinks with K: with
+gamma 0.99 a state K-unsafe k steps ahead has a positive value while ``K 0.99^k > 1 - 0.99^k``, i.e. about
+324 steps for K = 25 and 69 for K = 1); ``--switch-every N`` collects a prototype dataset whose behaviour
+policy is re-drawn from the mixture every N steps inside each episode (``collect`` draws one per episode),
+so that safe continuations exist from the states the reward-greedy policies visit.
+
 Prints rich tables and writes ``benchmarks/results/safety_gym.json`` (atomic; results of each env are merged
 into an existing file, so tasks can be run one at a time) with every number, the sizes, the command and the
 machine (including its load average: the numbers depend on what else runs)::
 
     OPENBLAS_NUM_THREADS=1 uv run python benchmarks/bench_safety_gym.py --envs point --episodes 150 \\
         --steps 15000 --seeds 1 --eval-episodes 20
-    uv run python benchmarks/bench_safety_gym.py --quick      # tiny everything, a smoke run (~2-4 min)
+    uv run python benchmarks/bench_safety_gym.py --quick      # tiny everything, a smoke run (~1-2 min)
+
+``--quick``: 3 dataset episodes (``collect`` has no episode cap, so 3000 steps), 200 updates of 64-wide
+networks, 1 seed, 2 evaluation episodes capped at 200 steps. Numbers from it mean nothing.
 """
 
 from __future__ import annotations
@@ -254,6 +264,21 @@ def episode_table(t: Any) -> dict[str, np.ndarray]:
     return {"returns": ret, "costs": cost, "lengths": np.bincount(inv)}
 
 
+def relabel_kappa(t: Any, kappa: float) -> Any:
+    """The same transitions with the surrogate margin ``h = kappa if cost > 0 else -1`` (in memory).
+
+    ``future_worst_h`` is relabelled the same way (the map is monotone, so the max commutes with it)."""
+    from safefql.datasets.load import ARRAY_KEYS, Transitions
+
+    arrays = {k: getattr(t, k) for k in ARRAY_KEYS}
+    arrays["h"] = np.where(t.h > 0, kappa, -1.0).astype(np.float32)
+    arrays["future_worst_h"] = np.where(t.future_worst_h > 0, kappa, -1.0).astype(np.float32)
+    meta = dict(t.metadata)
+    meta["kappa_relabelled"] = {"from": meta.get("kappa"), "to": float(kappa)}
+    meta["kappa"] = float(kappa)
+    return Transitions(**arrays, metadata=meta)
+
+
 def machine_info() -> dict[str, Any]:
     import jax
 
@@ -268,6 +293,7 @@ def machine_info() -> dict[str, Any]:
         "jax": jax.__version__,
         "jax_backend": jax.default_backend(),
         "safefql": safefql.__version__,
+        "niceness": os.nice(0) if hasattr(os, "nice") else None,
         "blas_threads_env": {
             k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
         },
@@ -288,6 +314,92 @@ def load_avg() -> list[float] | None:
         return None
 
 
+def collect_switching(
+    env_id: str, mixture: str, episodes: int, seed: int, dataset_id: str, switch_every: int, progress: bool
+) -> dict[str, Any]:
+    """A prototype collection in which the behaviour policy is re-drawn from the mixture every
+    ``switch_every`` steps inside each episode (``collect`` draws one policy per episode), written with
+    ``collect.write_minari_dataset``. Returns timings and per-policy step statistics."""
+    from safefql.datasets.collect import EpisodeRecord, available_policies, write_minari_dataset
+    from safefql.datasets.policies import as_mixture
+    from safefql.datasets.policies_safety_gym import make_safety_gym_policy
+
+    mix = as_mixture(mixture, available_policies(env_id))
+    env = _make_env(env_id)
+    pols = [make_safety_gym_policy(n, env) for n in mix.names]
+    rng = np.random.default_rng([seed, 21])
+    weights = np.asarray(mix.weights)
+    steps_by = np.zeros(len(pols), dtype=np.int64)
+    cost_by = np.zeros(len(pols))
+    space = env.action_space
+
+    def episodes_gen() -> Any:
+        for _ in range(episodes):
+            obs, info = env.reset(seed=int(rng.integers(0, 2**31 - 1)))
+            ob, ac, rw, te, tr, co, hh = [obs], [], [], [], [], [float(info["cost"])], [float(info["h"])]
+            k = 0
+            while True:
+                if len(rw) % switch_every == 0:
+                    k = int(rng.choice(len(pols), p=weights))
+                a = np.clip(pols[k](np.asarray(obs, np.float64), rng), -1.0, 1.0).astype(space.dtype)
+                obs, r, term, trunc, info = env.step(a)
+                ob.append(obs)
+                ac.append(a)
+                rw.append(float(r))
+                te.append(bool(term))
+                tr.append(bool(trunc))
+                co.append(float(info["cost"]))
+                hh.append(float(info["h"]))
+                steps_by[k] += 1
+                cost_by[k] += float(info["cost"])
+                if term or trunc:
+                    break
+            yield EpisodeRecord(
+                observations=np.asarray(ob),
+                actions=np.asarray(ac),
+                rewards=np.asarray(rw),
+                terminations=np.asarray(te),
+                truncations=np.asarray(tr),
+                cost=np.asarray(co),
+                h=np.asarray(hh),
+                policy=f"switching every {switch_every}",
+            )
+
+    t0 = time.perf_counter()
+    try:
+        written = write_minari_dataset(
+            dataset_id,
+            episodes_gen(),
+            env_id=env_id,
+            observation_space=env.observation_space,
+            action_space=space,
+            metadata={
+                "behavior_policies": mix.to_dict(),
+                "mixture": str(mix),
+                "policy_selection": f"re-drawn from the mixture every {switch_every} steps (prototype)",
+                "seed": seed,
+                "kappa": 25.0,  # gym.make's default surrogate (SAFETY_GYM_KAPPA)
+            },
+            overwrite=True,
+            total=episodes,
+            progress=progress,
+        )
+    finally:
+        env.close()
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "produce_seconds": written.produce_seconds,
+        "write_seconds": written.seconds - written.produce_seconds,
+        "steps_per_s": int(steps_by.sum()) / max(written.produce_seconds, 1e-9),
+        "switch_every": switch_every,
+        "per_policy_steps": {
+            n: {"steps": int(steps_by[i]), "step_cost_rate": float(cost_by[i] / max(steps_by[i], 1))}
+            for i, n in enumerate(mix.names)
+        },
+    }
+
+
 # ------------------------------------------------------------------------------------------- stages
 def stage_data(env_id: str, args: Any, console: Any) -> tuple[Any, dict[str, Any]]:
     """Collect (or reuse) the dataset; returns the transitions and the data report."""
@@ -297,11 +409,17 @@ def stage_data(env_id: str, args: Any, console: Any) -> tuple[Any, dict[str, Any
 
     mixture = args.mixture or DEFAULT_SAFETY_GYM_MIXTURE
     name = env_id.replace("Gymnasium-v0", "").replace("Safety", "")
-    dataset_id = f"bench/{name}-mix{args.episodes}-s{args.data_seed}-v0"
+    switch = f"-sw{args.switch_every}" if args.switch_every else ""
+    dataset_id = f"bench/{name}-mix{args.episodes}{switch}-s{args.data_seed}-v0"
     report: dict[str, Any] = {"dataset_id": dataset_id, "mixture": mixture, "episodes": args.episodes}
     reused = args.reuse_data and dataset_path(dataset_id).exists()
     if reused:
         console.print(f"[dim]reusing dataset {dataset_id} at {dataset_path(dataset_id)}[/dim]")
+    elif args.switch_every:
+        report["collection"] = collect_switching(
+            env_id, mixture, args.episodes, args.data_seed, dataset_id, args.switch_every, args.progress
+        )
+        console.print(f"[dim]collected {dataset_id}: {json.dumps(report['collection'])}[/dim]")
     else:
         summary = collect(
             env_id, mixture, args.episodes, args.data_seed, dataset_id, overwrite=True, progress=args.progress
@@ -434,6 +552,9 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
     # (a) data
     t0 = time.perf_counter()
     transitions, data = stage_data(env_id, args, console)
+    if args.kappa is not None and args.kappa != data["kappa"]:
+        transitions = relabel_kappa(transitions, args.kappa)
+        data["kappa_relabelled"] = {"from": data["kappa"], "to": args.kappa, "how": "in memory, every method"}
     timings["data_s"] = time.perf_counter() - t0
     out["data"] = data
     r_min, r_max = data["episode_return"]["min"], data["episode_return"]["max"]
@@ -477,7 +598,7 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
     }
 
     # (b) training
-    work = Path(args.work_dir) / env_id
+    work = Path(args.work_dir) / (env_id if not args.tag else f"{env_id}-{args.tag}")
     policies: dict[str, list[Callable[[int], Callable[[np.ndarray], Any]]]] = {}
     training: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -733,6 +854,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eps", type=float, default=0.1, help="offline calibration level for the shield")
     parser.add_argument("--no-calibrated-shield", action="store_true", help="skip the calibrated-delta run")
     parser.add_argument("--set", action="append", default=[], help="SafeFQLConfig override key=value")
+    parser.add_argument(
+        "--switch-every", type=int, default=0, help="prototype data: re-draw the policy every N steps"
+    )
+    parser.add_argument("--kappa", type=float, default=None, help="relabel h = kappa if cost > 0 else -1")
+    parser.add_argument("--tag", default="", help="store the results under '<env id> [<tag>]' (variants)")
     parser.add_argument("--quick", action="store_true", help="tiny everything: a smoke run")
     parser.add_argument(
         "--reuse-data", action="store_true", help="reuse an existing dataset with the same id"
@@ -784,8 +910,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from safefql._io import atomic_write_text
 
     console = Console(width=None if sys.stdout.isatty() else 120)  # logs: wide enough for the tables
-    command = "OPENBLAS_NUM_THREADS={} uv run python benchmarks/bench_safety_gym.py {}".format(
-        os.environ.get("OPENBLAS_NUM_THREADS", "<unset>"), shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "MINARI_DATASETS_PATH={} OPENBLAS_NUM_THREADS={} uv run python {} {}".format(
+        os.environ["MINARI_DATASETS_PATH"],
+        os.environ.get("OPENBLAS_NUM_THREADS", "<unset>"),
+        "benchmarks/bench_safety_gym.py",
+        shlex.join(sys.argv[1:] if argv is None else argv),
     )
     settings = {
         k: _clean(getattr(args, k))
@@ -809,6 +938,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "reuse_data",
             "work_dir",
             "overrides",
+            "kappa",
+            "tag",
+            "switch_every",
         )
     }
     existing: dict[str, Any] = {}
@@ -840,7 +972,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "wall_time_s": time.perf_counter() - t0,
         }
-        result["envs"][env_id] = env_out
+        result["envs"][env_id if not args.tag else f"{env_id} [{args.tag}]"] = env_out
         result["updated"] = env_out["timestamp"]
         atomic_write_text(args.out, json.dumps(_clean(result), indent=1) + "\n")
         console.print(f"wrote {args.out} ({env_id})")
