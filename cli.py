@@ -81,13 +81,26 @@ def collect(
     dataset_id: Annotated[str | None, typer.Option(help="Minari dataset id (default: from env).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset with this id.")] = False,
     kappa: Annotated[float, typer.Option(help="Surrogate margin h for binary-cost envs.")] = 25.0,
+    action_hold: Annotated[
+        int | None,
+        typer.Option(help="Steps each behaviour decision is held for (default: 10 on the boat, else 1)."),
+    ] = None,
 ) -> None:
     """Roll out scripted behaviour policies and write a Minari dataset with cost and h signals."""
     import safefql  # noqa: F401
     from safefql.datasets.collect import collect as run_collect
 
     try:
-        summary = run_collect(env_id, policy, episodes, seed, dataset_id, overwrite=overwrite, kappa=kappa)
+        summary = run_collect(
+            env_id,
+            policy,
+            episodes,
+            seed,
+            dataset_id,
+            overwrite=overwrite,
+            kappa=kappa,
+            action_hold=action_hold,
+        )
     except USER_ERRORS as exc:
         raise _fail(exc) from exc
     summary.print()

@@ -252,6 +252,24 @@ def run_safefql(args: Any, transitions: Any, starts: dict[str, np.ndarray], orac
             vm = plot_value_maps(fast, oracle, args.out_dir / "boat_value_maps.png", delta=0.0)
             figs["value_maps"] = args.out_dir / "boat_value_maps.png"
             out["value_map_seed0"] = vm
+        # the deployed SafeFQL: its own actor filtered by its calibrated critic (shield mode, agent = actor)
+        for proto in starts:
+            rep = evaluate(
+                BOAT_ID,
+                fast.act,
+                shield=policy,
+                episodes=args.starts,
+                starts=proto,
+                seed=args.start_seed,
+                delta=float(cal.delta) if math.isfinite(cal.delta) else None,
+            )
+            row[f"{proto}/actor_shielded"] = {
+                "return": rep.shielded.mean_return,
+                "cost": rep.shielded.mean_cost,
+                "violation_rate": rep.shielded.violation_rate,
+                "violating_episodes": int(np.sum(rep.shielded.violations)),
+                "intervention_rate": rep.shielded.summary()["intervention_rate"],
+            }
         # shield: the goal-greedy agent filtered by this seed's critic, delta = 0 and calibrated
         srow: dict[str, Any] = {"seed_index": i, "calibrated_delta": cal.delta}
         for proto in starts:
@@ -277,6 +295,10 @@ def run_safefql(args: Any, transitions: Any, starts: dict[str, np.ndarray], orac
         per_seed.append(row)
     out["per_seed"] = per_seed
     out["aggregate"] = {proto: aggregate([s[proto] for s in per_seed]) for proto in starts}
+    for proto in starts:
+        out["aggregate"][f"{proto}/actor_shielded"] = aggregate(
+            [s[f"{proto}/actor_shielded"] for s in per_seed], (*METRICS, "intervention_rate")
+        )
     out["aggregate"]["sign_agreement_delta_0"] = aggregate(
         [{"v": s["sign_agreement"]["delta_0"]} for s in per_seed], ("v",)
     )
@@ -344,7 +366,8 @@ def run_baseline(name: str, args: Any, data: dict[str, np.ndarray], starts: dict
     out["noise"] = noise if name in ("fisor", "fql") else "deterministic policy"
     for i in range(args.seeds):
         seed = args.seed + i
-        state, policy, info = train_baseline(name, data, config, steps=args.steps, seed=seed)
+        steps = args.baseline_steps if args.baseline_steps is not None else args.steps
+        state, policy, info = train_baseline(name, data, config, steps=steps, seed=seed)
         row: dict[str, Any] = {
             "seed": seed,
             "training": {
@@ -371,6 +394,10 @@ def run_baseline(name: str, args: Any, data: dict[str, np.ndarray], starts: dict
         per_seed.append(row)
     out["per_seed"] = per_seed
     out["aggregate"] = {proto: aggregate([s[proto] for s in per_seed]) for proto in starts}
+    for proto in starts:
+        out["aggregate"][f"{proto}/actor_shielded"] = aggregate(
+            [s[f"{proto}/actor_shielded"] for s in per_seed], (*METRICS, "intervention_rate")
+        )
     times = [float(s["training"]["train_time_s"]) for s in per_seed]
     ups = [float(s["training"]["updates_per_s"]) for s in per_seed]
     out["training"] = {
@@ -471,6 +498,16 @@ def print_tables(result: dict[str, Any]) -> None:
                 _pm(agg, "violation_rate", ".3f"),
                 "-" if pub is None or proto != "safe" else f"{pub['return']:.0f} / {pub['cost']:g}",
             )
+            shielded = methods.get("safefql", {}).get("aggregate", {}).get(f"{proto}/actor_shielded")
+            if shielded:
+                t.add_row(
+                    "SafeFQL (actor + its shield, calibrated delta)",
+                    str(shielded["seeds"]),
+                    _pm(shielded, "return"),
+                    _pm(shielded, "cost", ".2f"),
+                    _pm(shielded, "violation_rate", ".3f"),
+                    "-",
+                )
         console.print(t)
     t = Table(title="Cost of acting (batch 1, seed-0 model) and of training")
     cols = ("method", "latency us (path)", "400-step episode s", "train s (all seeds)", "updates/s", "steps")
@@ -530,16 +567,21 @@ def _violating_fraction(episode_ids: np.ndarray, costs: np.ndarray) -> float:
 
 def ensure_dataset(dataset: str, episodes: int, progress: bool) -> tuple[Any, bool]:
     """Load the dataset; collect it first (boat default mixture, seed 0) when it does not exist."""
+    from safefql.datasets.collect import collect, default_action_hold
     from safefql.datasets.load import load_transitions
+    from safefql.envs import BOAT_ID
 
+    hold = default_action_hold(BOAT_ID)
     try:
-        return load_transitions(dataset), False
+        t = load_transitions(dataset)
+        if t.metadata.get("action_hold") == hold:
+            return t, False
+        held = t.metadata.get("action_hold", 1)
+        print(f"{dataset} holds actions for {held} steps, not {hold}: collecting it again")
     except FileNotFoundError:
-        from safefql.datasets.collect import collect
-        from safefql.envs import BOAT_ID
-
-        collect(BOAT_ID, None, episodes, 0, dataset, progress=progress)
-        return load_transitions(dataset), True
+        pass
+    collect(BOAT_ID, None, episodes, 0, dataset, progress=progress, overwrite=True)
+    return load_transitions(dataset), True
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -557,6 +599,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=None, help="training seeds per method (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="first training seed (and the data split seed)")
     parser.add_argument("--steps", type=int, default=None, help="updates per method (default: each config's)")
+    parser.add_argument(
+        "--baseline-steps", type=int, default=None, help="updates per baseline (default: as --steps)"
+    )
     parser.add_argument("--starts", type=int, default=None, help="evaluation starts (default 100)")
     parser.add_argument("--start-seed", type=int, default=START_SEED, help="seed of the start states")
     parser.add_argument("--no-uniform", action="store_true", help="skip the uniform-starts protocol")
@@ -581,8 +626,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in ("seeds", "starts", "latency_calls", "episode_repeats", "plot_episodes", "collect_episodes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.steps is not None and args.steps < 1:
-        parser.error("--steps must be >= 1")
+    for name in ("steps", "baseline_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 0.0 < args.calib_fraction < 1.0:
         parser.error("--calib-fraction must lie in (0, 1) (calibration needs held-out episodes)")
 
@@ -621,6 +667,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "seeds": args.seeds,
             "seed": args.seed,
             "steps": args.steps if args.steps is not None else "each config's num_updates",
+            "baseline_steps": args.baseline_steps if args.baseline_steps is not None else "as steps",
             "starts": args.starts,
             "start_seed": args.start_seed,
             "eps": args.eps,

@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 import safefql
-from safefql.datasets.collect import collect
-from safefql.datasets.load import resolve_data_path
+from safefql.datasets.collect import collect, default_action_hold
+from safefql.datasets.load import load_transitions
 from safefql.training.calibration import calibrate
 from safefql.training.trainer import train
 
@@ -34,9 +34,11 @@ def main() -> None:
     args = parser.parse_args()
 
     try:
-        resolve_data_path(DATASET)
+        held = load_transitions(DATASET).metadata.get("action_hold", 1)
     except FileNotFoundError:
-        collect(BOAT, None, 2500, args.seed, DATASET).print()
+        held = None
+    if held != default_action_hold(BOAT):  # missing, or collected before actions were held
+        collect(BOAT, None, 2500, args.seed, DATASET, overwrite=True).print()
     result = train(DATASET, out_dir=args.run_dir, steps=args.steps, seed=args.seed, overwrite=True)
     checkpoint = result.policy_paths[0]
     calibrate(checkpoint, "offline", eps=0.05, seed=args.seed, print_summary=True)

@@ -199,6 +199,18 @@ def render_boat(d: dict[str, Any]) -> list[str]:
                     pub_s,
                 ]
             )
+        shielded = _get(methods, "safefql", "aggregate", f"{proto}/actor_shielded", default=None)
+        if isinstance(shielded, dict):
+            rows.append(
+                [
+                    "SafeFQL actor + its own shield (calibrated delta)",
+                    _f(_get(shielded, "seeds"), ".0f"),
+                    _pm(shielded, "return"),
+                    _pm(shielded, "cost", ".2f"),
+                    _pm(shielded, "violation_rate", ".3f"),
+                    "",
+                ]
+            )
         lines += [f"Policy mode, {titles[proto]}; mean ± std over training seeds.", ""]
         headers = ["method", "seeds", "return", "episode cost", "violation rate"]
         lines += md_table(headers + ["published return / cost (paper)"], rows)

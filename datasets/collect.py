@@ -62,6 +62,9 @@ FORMAT_VERSION = 1  # of the "safefql" metadata block
 DEFAULT_KAPPA = 25.0
 DEFAULT_SAFE_START_FRACTION = 0.2
 DEFAULT_CHUNK_EPISODES = 500
+# BoatNav-v0 behaviour decisions are held for this many steps (0.05 s): one step of dt = 0.005 moves the boat
+# by at most 0.015, too little for a learned Q_h to rank actions; held for 10 steps the effect is measurable.
+BOAT_ACTION_HOLD = 10
 METADATA_KEY = "safefql"
 _SG_GOAL_RE = re.compile(r"Safety(Point|Car)Goal\dGymnasium-v\d+")
 _DATASET_ID_RE = re.compile(r"^(?:[-_\w][-_\w/]*[-_\w]+/)?[-_\w]+?-v\d+$")
@@ -504,6 +507,11 @@ def available_policies(env_id: str) -> dict[str, str]:
     return out
 
 
+def default_action_hold(env_id: str) -> int:
+    """Steps each behaviour decision is held for by default: ``BOAT_ACTION_HOLD`` on the boats, else 1."""
+    return BOAT_ACTION_HOLD if _is_boat(env_id) else 1
+
+
 def default_mixture(env_id: str) -> str:
     """The default behaviour mixture for ``env_id``."""
     if _is_boat(env_id):
@@ -539,6 +547,7 @@ def _boat_episodes(
     chunk: int,
     action_space: gym.spaces.Box,
     progress: bool,
+    action_hold: int = 1,
 ) -> Iterator[EpisodeRecord]:
     from tqdm.auto import tqdm
 
@@ -559,10 +568,10 @@ def _boat_episodes(
             act = np.empty((n, steps, 2), dtype=action_space.dtype)
             rew = np.empty((n, steps))
             obs[:, 0] = starts[lo:hi]
+            a = np.empty((n, 2), dtype=action_space.dtype)
             for t in range(steps):
                 p = obs[:, t]
-                a = np.empty((n, 2), dtype=action_space.dtype)
-                for k, idx in groups:
+                for k, idx in groups if t % action_hold == 0 else ():
                     if idx.size:
                         a[idx] = _check_actions(
                             policies[k](p[idx], rng),
@@ -572,7 +581,7 @@ def _boat_episodes(
                             action_space.low,
                             action_space.high,
                         )
-                act[:, t] = a
+                act[:, t] = a  # between decisions the previous action is held
                 rew[:, t] = boat.reward(p)
                 obs[:, t + 1] = boat.step_state(p, a)
                 bar.update(n)
@@ -644,6 +653,7 @@ def _live_episodes(
     kappa: float,
     meta: dict[str, Any],
     progress: bool,
+    action_hold: int = 1,
 ) -> Iterator[EpisodeRecord]:
     from tqdm.auto import tqdm
 
@@ -660,9 +670,9 @@ def _live_episodes(
             h_sources.add(src)
             observations, actions, rewards, terms, truncs, costs, hs = [obs], [], [], [], [], [c], [h]
             while True:
-                a = _check_actions(
-                    policies[k](np.asarray(obs)[None], rng), 1, space.shape, names[k], space.low, space.high
-                )[0]
+                if len(rewards) % action_hold == 0:  # between decisions the previous action is held
+                    proposal = policies[k](np.asarray(obs)[None], rng)
+                    a = _check_actions(proposal, 1, space.shape, names[k], space.low, space.high)[0]
                 obs, r, terminated, truncated, info = env.step(a)
                 c, h, src = _cost_h(info, kappa, env_id, "step")
                 h_sources.add(src)
@@ -712,6 +722,7 @@ def collect(
     progress: bool = True,
     safe_start_fraction: float = DEFAULT_SAFE_START_FRACTION,
     chunk_episodes: int = DEFAULT_CHUNK_EPISODES,
+    action_hold: int | None = None,
 ) -> CollectSummary:
     """Roll out a policy mixture on ``env_id`` and write the Minari dataset ``dataset_id``.
 
@@ -719,6 +730,10 @@ def collect(
     the boat); one policy is drawn per episode. ``kappa``: surrogate margin for envs that report only a
     binary cost. ``safe_start_fraction``/``chunk_episodes``: boat only (episodes simulated per batch; part
     of the seed's meaning). ``dataset_id`` ``None`` uses ``default_dataset_id(env_id)``.
+    ``action_hold``: the behaviour policies decide every ``action_hold`` steps (from each episode's first
+    step) and repeat their action in between, so the data holds exact k-step held-action transitions for
+    learners with ``action_repeat = k`` (any divisor of ``action_hold``); ``None``:
+    ``default_action_hold(env_id)`` (10 for the boat, 1 elsewhere). Recorded as metadata ``action_hold``.
     """
     t0 = time.perf_counter()
     if not isinstance(env_id, str) or env_id not in gym.registry:
@@ -735,6 +750,11 @@ def collect(
         raise ValueError(f"chunk_episodes must be a positive integer, got {chunk_episodes}")
     if not (0.0 <= safe_start_fraction <= 1.0):
         raise ValueError(f"safe_start_fraction must lie in [0, 1], got {safe_start_fraction}")
+    if action_hold is None:
+        action_hold = default_action_hold(env_id)
+    if isinstance(action_hold, bool) or int(action_hold) != action_hold or action_hold < 1:
+        raise ValueError(f"action_hold must be a positive integer, got {action_hold}")
+    action_hold = int(action_hold)
     dataset_id = validate_dataset_id(dataset_id if dataset_id is not None else default_dataset_id(env_id))
     refuse_existing(dataset_id, overwrite)
     if mixture is None:
@@ -754,6 +774,7 @@ def collect(
             "seed": seed,
             "env_version": env.spec.version if env.spec is not None else None,
             "episodes_requested": episodes,
+            "action_hold": action_hold,
             "safefql_version": _safefql_version(),
         }
         if _is_boat(env_id):
@@ -778,13 +799,15 @@ def collect(
                 }
             )
             gen = _boat_episodes(
-                mix.names, assignment, starts, seed, int(chunk_episodes), act_space, progress
+                mix.names, assignment, starts, seed, int(chunk_episodes), act_space, progress, action_hold
             )
         else:
             policies = [_make_live_policy(n, env, env_id) for n in mix.names]
             meta.update({"collector": "live env, batch 1", "kappa": float(kappa)})
             # _live_episodes sets meta["h_source"] when it finishes; the writer reads meta afterwards.
-            gen = _live_episodes(env, env_id, mix.names, policies, assignment, seed, kappa, meta, progress)
+            gen = _live_episodes(
+                env, env_id, mix.names, policies, assignment, seed, kappa, meta, progress, action_hold
+            )
         written = write_minari_dataset(
             dataset_id,
             gen,

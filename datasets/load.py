@@ -380,4 +380,68 @@ def split_episodes(t: Transitions, calib_fraction: float, seed: int) -> tuple[Tr
     return t.select_episodes(train_ids), t.select_episodes(calib_ids)
 
 
-__all__ = ["ARRAY_KEYS", "Transitions", "load_transitions", "resolve_data_path", "split_episodes"]
+def held_action_transitions(t: Transitions, k: int, gamma: float) -> dict[str, np.ndarray]:
+    """k-step transitions over which the logged action is held: arrays for ``DeviceDataset.from_arrays``.
+
+    Blocks start at steps 0, k, 2k, ... of every episode (where ``collect(..., action_hold=k)`` decides).
+    Per block starting at t: ``observations = s_t``, ``actions = a_t``, ``next_observations = s_{t+k}``,
+    ``rewards = sum_i gamma^i r_{t+i}``, ``h = (h(s_t), ..., h(s_{t+k-1}))`` of shape (N, k) (the learner
+    backs the HJ value up through all k margins), ``masks = 1 - terminal`` of the block's last step and
+    ``costs`` the block's largest cost. A block cut short by a terminal step is padded with the terminal
+    step's margin and reward 0 (the HJ backup of a terminal is its margin, so padding changes nothing); a
+    tail cut short by a truncation has no s_{t+k} and is dropped. ``k = 1`` gives the plain transitions.
+
+    Raises ValueError if an action changes inside a block: the data was not collected with held actions.
+    """
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"action_repeat k must be a positive integer, got {k!r}")
+    if not (0.0 < gamma <= 1.0):
+        raise ValueError(f"gamma must lie in (0, 1], got {gamma}")
+    k = int(k)
+    n = len(t)
+    starts = t.episode_starts()
+    ends = np.r_[starts[1:], n]
+    if np.any(t.terminals[:-1].astype(bool) & (t.episode_ids[:-1] == t.episode_ids[1:])):
+        raise ValueError("a terminal step is followed by more steps of the same episode")
+    # Block start indices: every k-th step of each episode, kept if the block is whole or ends in a terminal.
+    first = np.concatenate([np.arange(a, b, k) for a, b in zip(starts, ends, strict=True)])
+    ep_end = np.repeat(ends, -(-(ends - starts) // k))
+    last = np.minimum(first + k, ep_end) - 1  # index of each block's last real step
+    whole = last - first + 1 == k
+    keep = whole | t.terminals[last].astype(bool)
+    first, last = first[keep], last[keep]
+    offsets = np.arange(k)
+    idx = np.minimum(first[:, None] + offsets, last[:, None])  # padded blocks repeat their last step
+    real = first[:, None] + offsets <= last[:, None]
+    changed = np.any(np.abs(t.actions[idx] - t.actions[first][:, None]) > 0, axis=(1, 2))
+    if np.any(changed):
+        bad = int(np.flatnonzero(changed)[0])
+        ep = int(t.episode_ids[first[bad]])
+        step = int(first[bad] - starts[np.searchsorted(starts, first[bad], side="right") - 1])
+        raise ValueError(
+            f"action_repeat={k} needs actions held for {k} steps from each episode's start, but episode {ep} "
+            f"changes its action inside the block starting at step {step} ({int(changed.sum())} of "
+            f"{changed.size} blocks do); collect the data with action_hold={k} (or a multiple of it), "
+            "or train with action_repeat=1"
+        )
+    discounts = (gamma ** offsets.astype(np.float64))[None, :]
+    rewards = np.sum(np.where(real, t.rewards[idx], 0.0) * discounts, axis=1)
+    return {
+        "observations": t.observations[first],
+        "actions": t.actions[first],
+        "rewards": rewards.astype(np.float32),
+        "h": t.h[idx].astype(np.float32),
+        "next_observations": t.next_observations[last],
+        "masks": t.masks[last],
+        "costs": t.costs[idx].max(axis=1),
+    }
+
+
+__all__ = [
+    "ARRAY_KEYS",
+    "Transitions",
+    "held_action_transitions",
+    "load_transitions",
+    "resolve_data_path",
+    "split_episodes",
+]

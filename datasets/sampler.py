@@ -22,7 +22,9 @@ class DeviceDataset(eqx.Module):
     observations: Float[Array, "n o"]
     actions: Float[Array, "n a"]  # in [-1, 1]
     rewards: Float[Array, " n"]
-    h: Float[Array, " n"]  # safety margin of observations (> 0 inside the failure set)
+    # safety margin (> 0 inside the failure set) of observations, or (n, k) for k-step held-action
+    # transitions: the margins of the k states the action is held through (load.held_action_transitions)
+    h: Float[Array, " n"] | Float[Array, "n k"]
     next_observations: Float[Array, "n o"]
     masks: Float[Array, " n"]  # 1 - terminal (timeouts are not terminals)
     costs: Float[Array, " n"] | None = None  # optional, unused by the learner
@@ -60,7 +62,7 @@ class DeviceDataset(eqx.Module):
             ):
                 raise ValueError(f"dataset key {name!r} must be a real numeric array, got dtype {arr.dtype}")
             arr = arr.astype(np.float32)
-            want_ndim = 2 if name in _VECTOR_KEYS else 1
+            want_ndim = 2 if name in _VECTOR_KEYS or (name == "h" and arr.ndim == 2) else 1
             if arr.ndim != want_ndim:
                 kind = "(N, dim)" if want_ndim == 2 else "(N,)"
                 raise ValueError(f"dataset key {name!r} must have shape {kind}, got shape {arr.shape}")
@@ -90,6 +92,11 @@ class DeviceDataset(eqx.Module):
         if np.any((masks < 0.0) | (masks > 1.0)):
             raise ValueError(f"dataset key 'masks' must lie in [0, 1] (1 - terminal); got min {masks.min()}")
         return cls(**{k: jnp.asarray(v) for k, v in arrays.items()})
+
+    @property
+    def action_repeat(self) -> int:
+        """k of k-step held-action transitions (1 for plain transitions)."""
+        return 1 if self.h.ndim == 1 else int(self.h.shape[1])
 
     @property
     def size(self) -> int:

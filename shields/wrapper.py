@@ -17,9 +17,11 @@ Fallbacks (what replaces an unsafe proposal):
 
 - ``"nearest"`` (default): the candidates are ``K = num_candidates`` points on the segment from the
   proposal to the actor's action, ``a_k = a + (k / K) (a_actor - a)`` for ``k = 1..K`` (``a_K`` is the
-  actor's action itself), scored in ONE batched ``safety_q`` call. The first feasible one
-  (``Q_h + delta <= 0``), i.e. the feasible candidate nearest to the proposal, is executed; if none is
-  feasible, the one with the smallest ``Q_h`` (NaN counts as +inf).
+  actor's action itself), plus ``M = num_spread`` fixed actions spread evenly over the action box
+  (:func:`spread_candidates`), all scored in ONE batched ``safety_q`` call. The feasible candidate
+  (``Q_h + delta <= 0``) nearest to the proposal is executed (ties go to the segment); if none is
+  feasible, the one with the smallest ``Q_h`` (NaN counts as +inf). The spread candidates matter when the
+  actor's own action is unsafe: the segment then may hold no safe action at all.
 - ``"actor"``: the actor's action, whatever its ``Q_h``.
 
 Why ``"nearest"`` is the default. Measured on the boat with the ground-truth critic
@@ -27,18 +29,18 @@ Why ``"nearest"`` is the default. Measured on the boat with the ground-truth cri
 
     agent    fallback  violating episodes      mean ||applied - proposed||     return
                        (unshielded: 43/34/33)  per intervention (interv./step)
-    goal     nearest   0                       1.50 (0.054)                    -493
+    goal     nearest   0                       1.05 (0.048)                    -492
     goal     actor     0                       1.39 (0.047)                    -491
-    random   nearest   0                       0.96 (0.026)                    -747
+    random   nearest   0                       0.76 (0.027)                    -749
     random   actor     0                       1.24 (0.025)                    -747
-    zero     nearest   0                       0.10 (0.034)                    -744
+    zero     nearest   0                       0.17 (0.035)                    -744
     zero     actor     0                       1.00 (0.034)                    -744
 
-Both remove every violation; "nearest" stays much closer to what the agent asked for whenever the
-agent's intent differs from the actor's (random, zero), and is slightly further only for the goal-greedy
-agent, whose intent the goal-seeking oracle actor already shares. ``tests/test_shield.py::
-test_boat_fallbacks_compared`` re-checks the ordering. The cost is one batched critic call of ``K`` rows,
-only on the steps that intervene.
+Both remove every violation; "nearest" stays closer to what the agent asked for, most of all when the
+agent's intent differs from the actor's (random, zero). With a learned critic whose actor is itself unsafe
+near the rocks, "nearest" is also the safer one (README, tuning notes). ``tests/test_shield.py::
+test_boat_fallbacks_compared`` re-checks the ordering. The cost is one batched critic call of ``K + M``
+rows, only on the steps that intervene.
 
 The hot path calls ``model.numpy()`` once and then runs only NumPy per step (no JAX dispatch).
 """
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,7 @@ MODES = ("shield", "policy")
 FALLBACKS = ("nearest", "actor")
 BACKENDS = ("auto", "numpy", "jax")
 _REQUIRED = ("act", "safety_q", "observation_space", "action_space")
+DEFAULT_NUM_SPREAD = 32  # fixed candidates spread over the action box, scored by the "nearest" fallback
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -145,13 +149,15 @@ def check_spaces(model: Any, observation_space: Any, action_space: Any, where: s
             )
 
 
-def _check_options(mode: str, fallback: str, num_candidates: int) -> None:
+def _check_options(mode: str, fallback: str, num_candidates: int, num_spread: int = 0) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
     if isinstance(num_candidates, bool) or int(num_candidates) != num_candidates or num_candidates < 1:
         raise ValueError(f"num_candidates must be a positive integer, got {num_candidates!r}")
+    if isinstance(num_spread, bool) or int(num_spread) != num_spread or num_spread < 0:
+        raise ValueError(f"num_spread must be a non-negative integer, got {num_spread!r}")
 
 
 def _as_rng(rng: Any) -> np.random.Generator:
@@ -173,6 +179,26 @@ def _recordable(checkpoint: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ core
+def spread_candidates(action_space: gym.spaces.Box, num: int) -> np.ndarray:
+    """``num`` fixed actions spread evenly over the action box (unscrambled Sobol points), float64.
+
+    The ``"nearest"`` fallback scores them beside the proposal-to-actor segment, so that a safe replacement
+    is found even where the actor's own action is unsafe.
+    """
+    shape = tuple(action_space.shape)
+    if num == 0:
+        return np.zeros((0, *shape))
+    from scipy.stats import qmc
+
+    d = int(np.prod(shape))
+    with warnings.catch_warnings():  # Sobol warns when num is not a power of two: balance is irrelevant here
+        warnings.simplefilter("ignore", UserWarning)
+        unit = qmc.Sobol(d, scramble=False).random(num + 1)[1:]  # the first point is the low corner
+    low = np.asarray(action_space.low, np.float64).ravel()
+    high = np.asarray(action_space.high, np.float64).ravel()
+    return (low + unit * (high - low)).reshape(num, *shape)
+
+
 class _Decider:
     """The decision rule shared by the single and vector shields (batch 1 and batch N paths)."""
 
@@ -188,6 +214,7 @@ class _Decider:
         stochastic: bool,
         rng: np.random.Generator,
         subset: bool,
+        num_spread: int = 0,
     ) -> None:
         self.model, self.fast = model, fast
         self.mode, self.fallback, self.delta = mode, fallback, delta
@@ -204,6 +231,7 @@ class _Decider:
         self.t = (np.arange(1, self.k + 1, dtype=np.float64) / self.k).reshape(
             1, self.k, *([1] * len(self.shape))
         )
+        self.spread = spread_candidates(action_space, num_spread)  # (M, *shape), fixed for the shield's life
 
     # -- primitives
     def actor(self, obs: np.ndarray) -> np.ndarray:
@@ -249,10 +277,16 @@ class _Decider:
         n = obs.shape[0]
         cands = proposed[:, None] + self.t * (actor - proposed)[:, None]
         cands[:, -1] = actor
-        qc = self.q(np.repeat(obs, self.k, axis=0), cands.reshape(n * self.k, *self.shape)).reshape(n, self.k)
+        if self.spread.shape[0]:
+            cands = np.concatenate([cands, np.broadcast_to(self.spread, (n, *self.spread.shape))], axis=1)
+        m = cands.shape[1]
+        qc = self.q(np.repeat(obs, m, axis=0), cands.reshape(n * m, *self.shape)).reshape(n, m)
         qn = np.where(np.isnan(qc), np.inf, qc)
         feasible = qn + self.delta <= 0.0
-        idx = np.where(feasible.any(axis=1), feasible.argmax(axis=1), qn.argmin(axis=1))
+        # The segment comes first, ordered by distance; spread candidates win only when strictly nearer.
+        dist = np.sqrt(((cands - proposed[:, None]) ** 2).reshape(n, m, -1).sum(-1))
+        nearest = np.where(feasible, dist, np.inf).argmin(axis=1)
+        idx = np.where(feasible.any(axis=1), nearest, qn.argmin(axis=1))
         rows = np.arange(n)
         return cands[rows, idx], qc[rows, idx]
 
@@ -321,6 +355,7 @@ class SafeFQLShield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         stochastic: draw ``z ~ N(0, I)`` for the actor; default ``z = 0`` (deterministic actor).
         delta: override the model's calibrated ``delta``.
         num_candidates: ``K`` for the ``"nearest"`` fallback.
+        num_spread: ``M`` fixed candidates spread over the action box for the ``"nearest"`` fallback.
         backend: ``"auto"`` (``model.numpy()`` if it has one), ``"numpy"`` (require it) or ``"jax"`` (the
             model's own methods, JAX for a ``SafeFQLPolicy``).
 
@@ -371,9 +406,10 @@ class SafeFQLShield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         *,
         delta: float | None = None,
         num_candidates: int = 10,
+        num_spread: int = DEFAULT_NUM_SPREAD,
         backend: str = "auto",
     ) -> None:
-        _check_options(mode, fallback, num_candidates)
+        _check_options(mode, fallback, num_candidates, num_spread)
         gym.utils.RecordConstructorArgs.__init__(
             self,
             checkpoint=_recordable(checkpoint),
@@ -383,6 +419,7 @@ class SafeFQLShield(gym.Wrapper, gym.utils.RecordConstructorArgs):
             stochastic=bool(stochastic),
             delta=delta,
             num_candidates=int(num_candidates),
+            num_spread=int(num_spread),
             backend=backend,
         )
         gym.Wrapper.__init__(self, env)
@@ -402,6 +439,7 @@ class SafeFQLShield(gym.Wrapper, gym.utils.RecordConstructorArgs):
             bool(stochastic),
             _as_rng(rng),
             subset=True,
+            num_spread=int(num_spread),
         )
         self.mode, self.fallback = mode, fallback
         self._obs: np.ndarray | None = None
@@ -531,9 +569,10 @@ class SafeFQLVectorShield(gym.vector.VectorWrapper):
         *,
         delta: float | None = None,
         num_candidates: int = 10,
+        num_spread: int = DEFAULT_NUM_SPREAD,
         backend: str = "auto",
     ) -> None:
-        _check_options(mode, fallback, num_candidates)
+        _check_options(mode, fallback, num_candidates, num_spread)
         super().__init__(env)
         spec = getattr(env, "spec", None)
         self.model = resolve_model(checkpoint, getattr(spec, "id", None))
@@ -551,6 +590,7 @@ class SafeFQLVectorShield(gym.vector.VectorWrapper):
             bool(stochastic),
             _as_rng(rng),
             subset=backend != "jax",
+            num_spread=int(num_spread),
         )
         self.mode, self.fallback = mode, fallback
         mode_value = env.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -14,7 +15,7 @@ import pytest
 from safefql.datasets import collect as collect_mod
 from safefql.datasets import policies as pol
 from safefql.datasets.collect import CollectSummary, EpisodeRecord, collect, write_minari_dataset
-from safefql.datasets.load import Transitions, load_transitions, split_episodes
+from safefql.datasets.load import Transitions, held_action_transitions, load_transitions, split_episodes
 from safefql.envs import BOAT_ID, boat
 from safefql.envs.oracle import load_boat_oracle
 
@@ -266,8 +267,9 @@ def _raising_random(after_calls: int):
 
 
 def test_interrupted_collection_leaves_no_dataset(empty_root, monkeypatch):
-    # chunks of 2 episodes: the policy fails in the 3rd chunk, after 2 chunks were written to the temp dir
-    monkeypatch.setitem(pol.BOAT_POLICIES, "random", _raising_random(after_calls=2 * 400 + 10))
+    # chunks of 2 episodes: the policy (asked every 10 steps: 40 calls a chunk) fails in the 3rd chunk,
+    # after 2 chunks were written to the temp dir
+    monkeypatch.setitem(pol.BOAT_POLICIES, "random", _raising_random(after_calls=2 * 40 + 1))
     with pytest.raises(KeyboardInterrupt):
         collect(BOAT_ID, "random:1", 8, 0, "tt/broken-v0", progress=False, chunk_episodes=2)
     assert not (empty_root / "tt" / "broken-v0").exists()
@@ -276,7 +278,7 @@ def test_interrupted_collection_leaves_no_dataset(empty_root, monkeypatch):
     # an interrupted overwrite keeps the old dataset intact
     monkeypatch.setitem(pol.BOAT_POLICIES, "random", pol.PolicySpec(lambda **kw: pol.RandomPolicy(), ""))
     collect(BOAT_ID, "random:1", 2, 0, "tt/kept-v0", progress=False)
-    monkeypatch.setitem(pol.BOAT_POLICIES, "random", _raising_random(after_calls=400 + 10))
+    monkeypatch.setitem(pol.BOAT_POLICIES, "random", _raising_random(after_calls=40 + 1))
     with pytest.raises(KeyboardInterrupt):
         collect(BOAT_ID, "random:1", 6, 0, "tt/kept-v0", progress=False, chunk_episodes=2, overwrite=True)
     assert minari.load_dataset("tt/kept-v0").total_episodes == 2
@@ -295,6 +297,7 @@ def test_interrupted_collection_leaves_no_dataset(empty_root, monkeypatch):
         ({"kappa": 0.0}, ValueError, "kappa must be"),
         ({"safe_start_fraction": 1.5}, ValueError, "safe_start_fraction"),
         ({"chunk_episodes": 0}, ValueError, "chunk_episodes"),
+        ({"action_hold": 0}, ValueError, "action_hold must be a positive integer"),
     ],
 )
 def test_collect_errors(empty_root, kwargs, exc, match):
@@ -436,6 +439,58 @@ def test_future_worst_h_and_masks_on_hand_made_episodes(empty_root):
     np.testing.assert_array_equal(t.episode_ids, [0, 0, 0, 0, 0, 1, 1])
     np.testing.assert_array_equal(t.next_observations[:, 0], [1, 2, 3, 4, 5, 1, 2])
     assert t.metadata["note"] == "hand-made"
+
+
+def test_held_action_transitions_on_hand_made_episodes(empty_root):
+    _write_episodes(
+        "tt/hold-v0", [_episode([-1, 2, 0.5, -3, -2, -4]), _episode([-3, -5, 1.5], terminal=True)]
+    )
+    t = load_transitions("tt/hold-v0")
+    # k = 2: blocks at steps 0 and 2 of episode 0 (its 1-step tail ends in a truncation: dropped), and
+    # the whole episode 1, whose last step is terminal.
+    b = held_action_transitions(t, 2, gamma=0.5)
+    np.testing.assert_array_equal(b["observations"][:, 0], [0, 2, 0])
+    np.testing.assert_array_equal(b["next_observations"][:, 0], [2, 4, 2])
+    np.testing.assert_array_equal(b["rewards"], [0 - 0.5 * 1, -2 - 0.5 * 3, 0 - 0.5 * 1])
+    np.testing.assert_array_equal(b["h"], [[-1, 2], [0.5, -3], [-3, -5]])
+    np.testing.assert_array_equal(b["masks"], [1, 1, 0])
+    np.testing.assert_array_equal(b["costs"], [1, 1, 0])
+    # k = 3: episode 1 is shorter than a block and ends in a terminal, so it is padded with its last margin.
+    b = held_action_transitions(t, 3, gamma=0.5)
+    np.testing.assert_array_equal(b["h"], [[-1, 2, 0.5], [-3, -5, -5]])
+    np.testing.assert_array_equal(b["rewards"], [0 - 0.5 * 1 - 0.25 * 2, -0.5])
+    np.testing.assert_array_equal(b["masks"], [1, 0])
+    plain = held_action_transitions(t, 1, gamma=0.5)
+    np.testing.assert_array_equal(plain["h"][:, 0], t.h)
+    np.testing.assert_array_equal(plain["rewards"], t.rewards)
+    # an action that changes inside a block: the data was not collected with held actions
+    actions = t.actions.copy()
+    actions[1] = 0.5
+    moved = dataclasses.replace(t, actions=actions)
+    with pytest.raises(ValueError, match=r"action_repeat=2 .* episode 0 changes its action .* step 0"):
+        held_action_transitions(moved, 2, gamma=0.5)
+    held_action_transitions(moved, 1, gamma=0.5)  # one step per block: nothing to hold
+    with pytest.raises(ValueError, match="positive integer"):
+        held_action_transitions(t, 0, gamma=0.5)
+
+
+def test_collected_boat_actions_are_held(env_root):
+    t = load_transitions(DATASET)
+    assert t.metadata["action_hold"] == collect_mod.BOAT_ACTION_HOLD == 10
+    blocks = t.actions.reshape(EPISODES, 400 // 10, 10, 2)
+    assert np.all(blocks == blocks[:, :, :1])  # constant inside every 10-step block
+    assert np.mean(np.any(blocks[:, 1:, 0] != blocks[:, :-1, 0], axis=-1)) > 0.5  # and re-decided between
+    b = held_action_transitions(t, 5, gamma=0.99)  # any divisor of the hold works
+    assert b["h"].shape == (EPISODES * 80, 5)
+    with pytest.raises(ValueError, match="collect the data with action_hold=4"):
+        held_action_transitions(t, 4, gamma=0.99)
+
+
+def test_collect_action_hold_one_redecides_every_step(empty_root):
+    collect(BOAT_ID, "noisy_goal:1", 2, 0, "tt/nohold-v0", action_hold=1, progress=False)
+    t = load_transitions("tt/nohold-v0")
+    assert t.metadata["action_hold"] == 1
+    assert np.all(np.any(t.actions[1:] != t.actions[:-1], axis=1))
 
 
 def test_split_episodes(env_root):

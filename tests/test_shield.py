@@ -18,7 +18,7 @@ import pytest
 import safefql  # noqa: F401  (registers the boat)
 from safefql.shields.evaluate import BoatOracleModel, evaluate
 from safefql.shields.pretrained import PRETRAINED_DIR, pretrained_path
-from safefql.shields.wrapper import SafeFQLShield, SafeFQLVectorShield
+from safefql.shields.wrapper import DEFAULT_NUM_SPREAD, SafeFQLShield, SafeFQLVectorShield, spread_candidates
 
 WALL = 0.5
 SPEED = 0.1
@@ -150,6 +150,24 @@ def test_nearest_with_no_feasible_candidate_takes_smallest_q():
     assert info["shield"]["intervened"] is True
     assert info["shield"]["applied"].tolist() == [-1.0]
     assert info["shield"]["q_h_applied"] == pytest.approx(0.9 - 0.1 - WALL)
+
+
+def test_spread_candidates_rescue_an_unsafe_actor():
+    # The actor pushes into the wall too (a = 1), so the proposal-to-actor segment holds no safe action; the
+    # fixed candidates spread over the box do, and the nearest feasible one (a = 0.5) is taken.
+    shield = wall_shield(checkpoint=WallModel(actor_value=1.0))
+    shield.reset(options={"x": 0.45})
+    *_, info = shield.step(np.array([1.0], dtype=np.float32))
+    assert info["shield"]["applied"].tolist() == pytest.approx([0.5])
+    assert info["shield"]["q_h_applied"] <= 1e-12
+    spread = spread_candidates(shield.action_space, DEFAULT_NUM_SPREAD)
+    assert spread.shape == (DEFAULT_NUM_SPREAD, 1) and np.unique(spread).size == DEFAULT_NUM_SPREAD
+    assert spread.min() >= -1.0 and spread.max() <= 1.0 and 0.5 in spread
+    # without them the shield can only pick the least unsafe point of the segment: the actor's a = 1
+    shield = wall_shield(checkpoint=WallModel(actor_value=1.0), num_spread=0)
+    shield.reset(options={"x": 0.45})
+    *_, info = shield.step(np.array([1.0], dtype=np.float32))
+    assert info["shield"]["applied"].tolist() == [1.0] and info["shield"]["q_h_applied"] > 0
 
 
 def test_out_of_range_proposal_is_clipped_before_the_test():

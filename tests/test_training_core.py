@@ -385,6 +385,49 @@ def test_safety_backup_values_and_terminal():
     assert float(loss) == pytest.approx(2 * np.mean(y**2), rel=1e-5)  # two members, both predicting 0
 
 
+def test_held_action_backups_compose_one_step_backups():
+    """k-step batches (h of shape (B, k)): HJ target = the k-fold one-step backup; reward uses gamma^k."""
+    gamma = 0.8
+    cfg = LINEAR.replace(gamma=gamma)
+    agent = create_train_state(LINEAR, 1, 1, jax.random.key(17)).agent
+    ident = (jnp.ones((1, 1)), jnp.zeros(1))  # V(s) = s for both value nets, every Q member = 0
+    layer = lambda m: (m.layers[0].weight, m.layers[0].bias)  # noqa: E731
+    agent = eqx.tree_at(
+        lambda g: (g.safety_v, g.reward_v, g.safety_q, g.reward_q),
+        agent,
+        (
+            eqx.tree_at(layer, agent.safety_v, ident),
+            eqx.tree_at(layer, agent.reward_v, ident),
+            _set_linear_ensemble(agent.safety_q, [0, 0], 0.0),
+            _set_linear_ensemble(agent.reward_q, [0, 0], 0.0),
+        ),
+    )
+    h = np.array([[-0.2, -0.1, 0.5], [-1.0, -1.0, -1.0], [0.4, 0.4, 0.4]], np.float32)
+    nxt = np.array([[-2.0], [1.5], [3.0]], np.float32)
+    masks = np.array([1.0, 1.0, 0.0], np.float32)
+    batch = {
+        "observations": jnp.zeros((3, 1)),
+        "actions": jnp.zeros((3, 1)),
+        "rewards": jnp.array([1.0, 2.0, 3.0]),
+        "h": jnp.asarray(h),
+        "next_observations": jnp.asarray(nxt),
+        "masks": jnp.asarray(masks),
+    }
+    expected = []
+    for row, v_next, mask in zip(h, nxt[:, 0], masks, strict=True):
+        y = (1 - gamma) * row[-1] + gamma * max(row[-1], v_next) if mask else row[-1]
+        for hi in row[-2::-1]:
+            y = (1 - gamma) * hi + gamma * max(hi, y)
+        expected.append(y)
+    # Row 0: the failure at the block's third step shows through although both ends are safe.
+    assert expected[0] > 0 > max(h[0, 0], nxt[0, 0])
+    _, info = eqx.filter_jit(safety_critic_loss)(agent, batch, cfg)
+    assert float(info["safety_q_target"]) == pytest.approx(np.mean(expected), abs=1e-6)
+    _, info = eqx.filter_jit(reward_critic_loss)(agent, batch, cfg)
+    y_r = np.array([1.0, 2.0, 3.0]) + gamma**3 * masks * nxt[:, 0]
+    assert float(info["reward_q_target"]) == pytest.approx(y_r.mean(), abs=1e-6)
+
+
 @pytest.mark.slow  # compiles one update
 def test_ema_targets_move_at_ema_rate():
     state = create_train_state(TINY, OBS, ACT, jax.random.key(18))
@@ -519,7 +562,11 @@ def test_config_roundtrip_and_errors():
     cfg = default_config("safefql/BoatNav-v0")
     assert SafeFQLConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert cfg.alpha == 0.0 and cfg.w_safe > 1.0 and max(cfg.critic_hidden) <= 128  # README tuning notes
-    assert default_config("SafetyPointGoal1-v0").actor_hidden != cfg.actor_hidden
+    assert cfg.action_repeat == 10 and cfg.safety_margin > 0  # README tuning notes
+    assert default_config("SafetyPointGoal1-v0").critic_hidden != cfg.critic_hidden
+    assert default_config("SafetyPointGoal1-v0").action_repeat == 1
+    with pytest.raises(ValueError, match="action_repeat must be a positive integer"):
+        cfg.replace(action_repeat=0)
     assert default_config("SomethingElse-v3") == default_config("Pendulum-v1")
     assert cfg.replace(alpha=3.0).alpha == 3.0 and cfg.alpha != 3.0
     with pytest.raises(ValueError, match=r"unknown SafeFQLConfig keys \['bogus'\]"):

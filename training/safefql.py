@@ -120,6 +120,16 @@ def expectile_weight(diff: Array, tau: float) -> Array:
     return jnp.abs(tau - (diff < 0).astype(diff.dtype))
 
 
+def hj_backup(h: Array, next_value: Array, gamma: float) -> Array:
+    """Discounted HJ max-backup ``(1 - gamma) h + gamma max(h, next_value)`` (DESIGN.md section 2)."""
+    return (1.0 - gamma) * h + gamma * jnp.maximum(h, next_value)
+
+
+def _repeat(batch: Batch) -> int:
+    """Steps per transition: k for held-action batches (``h`` of shape (B, k)), else 1."""
+    return batch["h"].shape[1] if batch["h"].ndim == 2 else 1
+
+
 # ---------------------------------------------------------------- losses: (loss, info dict of scalars)
 
 
@@ -135,18 +145,26 @@ def reward_value_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) 
 def reward_critic_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) -> tuple[Array, Info]:
     """``(r + gamma * mask * V_r(s') - Q_r^k(s, a))^2``, summed over members, mean over the batch."""
     next_v = _v(agent.reward_v, batch["next_observations"])
-    y = jax.lax.stop_gradient(batch["rewards"] + config.gamma * batch["masks"] * next_v)
+    discount = config.gamma ** _repeat(batch)  # k-step held-action batches carry discounted reward sums
+    y = jax.lax.stop_gradient(batch["rewards"] + discount * batch["masks"] * next_v)
     q = _q_all(agent.reward_q, batch["observations"], batch["actions"])
     loss = jnp.mean(jnp.sum((q - y[..., None]) ** 2, axis=-1))
     return loss, {"reward_q_loss": loss, "reward_q": q.mean(), "reward_q_target": y.mean()}
 
 
 def safety_critic_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) -> tuple[Array, Info]:
-    """HJ backup ``y = (1 - gamma) h + gamma max(h, V_h(s'))`` (``y = h`` at terminals), per-member MSE."""
-    h = batch["h"]
+    """HJ backup ``y = (1 - gamma) h + gamma max(h, V_h(s'))`` (``y = h`` at terminals), per-member MSE.
+
+    For k-step held-action batches (``h`` of shape (B, k)) the same backup runs through the k margins,
+    last to first, starting from ``V_h(s_{t+k})``: the exact k-fold composition of the one-step backup.
+    """
+    h = batch["h"] if batch["h"].ndim == 2 else batch["h"][:, None]
     next_v = _v(agent.safety_v, batch["next_observations"])
-    backup = (1.0 - config.gamma) * h + config.gamma * jnp.maximum(h, next_v)
-    y = jax.lax.stop_gradient(batch["masks"] * backup + (1.0 - batch["masks"]) * h)
+    last = h[:, -1]
+    y = batch["masks"] * hj_backup(last, next_v, config.gamma) + (1.0 - batch["masks"]) * last
+    for i in range(h.shape[1] - 2, -1, -1):
+        y = hj_backup(h[:, i], y, config.gamma)
+    y = jax.lax.stop_gradient(y)
     q = _q_all(agent.safety_q, batch["observations"], batch["actions"])
     loss = jnp.mean(jnp.sum((q - y[..., None]) ** 2, axis=-1))
     return loss, {"safety_q_loss": loss, "safety_q": q.mean(), "safety_q_target": y.mean()}

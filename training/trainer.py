@@ -132,6 +132,22 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------------------------- evaluation
+def device_dataset(transitions: Any, config: Any) -> Any:
+    """The learner's ``DeviceDataset``: plain, or k-step held-action transitions if ``action_repeat > 1``."""
+    from safefql.datasets.sampler import DeviceDataset
+
+    if config.action_repeat == 1:
+        return DeviceDataset.from_arrays(transitions)
+    from safefql.datasets.load import Transitions, held_action_transitions
+
+    if not isinstance(transitions, Transitions):
+        raise ValueError(
+            f"action_repeat={config.action_repeat} needs episode structure: pass a dataset id or "
+            f"safefql.datasets.load.Transitions, not {type(transitions).__name__}"
+        )
+    return DeviceDataset.from_arrays(held_action_transitions(transitions, config.action_repeat, config.gamma))
+
+
 def _ensure_registered(env_id: str | None) -> bool:
     if not env_id:
         return False
@@ -415,7 +431,6 @@ def train(
     dataset's env id is registered. ``resume=True`` continues the run in ``out_dir`` exactly; an existing
     run is otherwise refused unless ``overwrite=True``. Raises :class:`TrainingDivergedError` on NaN/inf.
     """
-    from safefql.datasets.sampler import DeviceDataset
     from safefql.training import safefql as sf
     from safefql.training.config import SafeFQLConfig, default_config
 
@@ -459,7 +474,6 @@ def train(
         calib_ids = [int(i) for i in np.unique(calib_t.episode_ids)]
     else:
         train_t, calib_t, calib_ids = transitions, None, []
-    dataset = DeviceDataset.from_arrays(train_t)
     obs_dim, act_dim = int(train_t.observations.shape[1]), int(train_t.actions.shape[1])
     obs_space, act_space = _spaces(env_id, obs_dim, act_dim)
 
@@ -498,6 +512,7 @@ def train(
             keys = jax.random.split(init_key, seeds)
             parts = [sf.create_train_state(config, obs_dim, act_dim, k) for k in keys]
             state = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
+    dataset = device_dataset(train_t, config)
     total = int(steps if steps is not None else config.num_updates)
     if total < start:
         raise ValueError(f"steps={total} is below the {start} updates the run in {run_dir} already made")
