@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import types
 
@@ -197,37 +198,19 @@ def test_train_from_a_collected_dataset_then_calibrate(tmp_path, monkeypatch):
     (run / "calib_episodes.npz").unlink()
     assert calibrate(result.policy_paths[0], "offline", eps=0.5, seed=0) == cal
     # held-action critics: the boat data holds each decision for 10 steps, so k = 10 (or 5) blocks exist
-    held = train(
-        "test/boat-tiny-v0",
-        out_dir=tmp_path / "held",
-        config=TINY.replace(action_repeat=10),
-        steps=10,
-        eval_episodes=0,
-        progress=False,
+    train_held = functools.partial(
+        train, config=TINY.replace(action_repeat=10), steps=10, eval_episodes=0, progress=False
     )
+    held = train_held("test/boat-tiny-v0", out_dir=tmp_path / "held")
     assert read_header(held.policy_paths[0])["config"]["action_repeat"] == 10
     collect(BOAT_ID, "noisy_goal:1", 2, 0, "test/boat-unheld-v0", action_hold=1, progress=False)
     with pytest.raises(
         ValueError, match=r"action_repeat=10 needs actions held .* collect the data with action_hold"
     ):
-        train(
-            "test/boat-unheld-v0",
-            out_dir=tmp_path / "unheld",
-            config=TINY.replace(action_repeat=10),
-            steps=10,
-            eval_episodes=0,
-            progress=False,
-        )
+        train_held("test/boat-unheld-v0", out_dir=tmp_path / "unheld")
+    arrays = types.SimpleNamespace(**boat_transitions(episodes=2, length=20).as_dict())
     with pytest.raises(ValueError, match="action_repeat=10 needs episode structure"):
-        train(
-            types.SimpleNamespace(**boat_transitions(episodes=2, length=20).as_dict()),
-            out_dir=tmp_path / "x",
-            config=TINY.replace(action_repeat=10),
-            steps=10,
-            calib_fraction=0,
-            eval_episodes=0,
-            progress=False,
-        )
+        train_held(arrays, out_dir=tmp_path / "x", calib_fraction=0)
 
 
 def test_divergence_stops_with_the_loss_name_and_keeps_the_last_good_state(tmp_path):
