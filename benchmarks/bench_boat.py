@@ -44,6 +44,7 @@ import shlex
 import sys
 import time
 import traceback
+import types
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,27 @@ def measure_latency(paths: dict[str, Any], calls: int, episode_repeats: int) -> 
 
 
 # ------------------------------------------------------------------------------------------- methods
+def _finished_run(run_dir: Path, config: Any, args: Any) -> Any | None:
+    """The finished SafeFQL run in ``run_dir`` (its summary.json) if it matches this call, else None."""
+    from safefql.training.checkpoint import read_header
+    from safefql.training.trainer import SUMMARY_FILE
+
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+        header = read_header(summary["policy_paths"][0])
+    except (FileNotFoundError, KeyError, IndexError, ValueError):
+        return None
+    want = {"steps": args.steps or config.num_updates, "num_seeds": args.seeds, "seed": args.seed}
+    if any(summary.get(k) != v for k, v in want.items()) or header.get("config") != config.to_dict():
+        return None
+    if header.get("dataset_id") != args.dataset:
+        return None
+    print(f"reusing the finished SafeFQL run in {run_dir} (--reuse-safefql)")
+    summary["policy_paths"] = [Path(p) for p in summary["policy_paths"]]
+    summary["run_dir"] = Path(summary["run_dir"])
+    return types.SimpleNamespace(**summary)
+
+
 def run_safefql(args: Any, transitions: Any, starts: dict[str, np.ndarray], oracle: Any, figs: dict) -> dict:
     """Train K seeds in one vmapped program, calibrate each, evaluate as a policy and as a shield."""
     from safefql.analysis import plot_value_maps, sign_agreement
@@ -189,17 +211,20 @@ def run_safefql(args: Any, transitions: Any, starts: dict[str, np.ndarray], orac
     from safefql.training.trainer import CURVE_FILE, train
 
     config = default_config(BOAT_ID)
-    res = train(
-        transitions,
-        out_dir=Path(args.out_runs) / "safefql",
-        config=config,
-        steps=args.steps,
-        seed=args.seed,
-        seeds=args.seeds,
-        calib_fraction=args.calib_fraction,
-        overwrite=True,
-        progress=args.progress,
-    )
+    run_dir = Path(args.out_runs) / "safefql"
+    res = _finished_run(run_dir, config, args) if args.reuse_safefql else None
+    if res is None:
+        res = train(
+            transitions,
+            out_dir=run_dir,
+            config=config,
+            steps=args.steps,
+            seed=args.seed,
+            seeds=args.seeds,
+            calib_fraction=args.calib_fraction,
+            overwrite=True,
+            progress=args.progress,
+        )
     training = {
         "steps": res.steps,
         "num_seeds": res.num_seeds,
@@ -359,14 +384,16 @@ def run_baseline(name: str, args: Any, data: dict[str, np.ndarray], starts: dict
     """Train one baseline per seed, evaluate each from the fixed starts."""
     from safefql.training.baselines import default_baseline_config, train_baseline
 
+    steps = args.baseline_steps if args.baseline_steps is not None else args.steps
     config = default_baseline_config(name)
+    if steps is not None:  # record the number of updates that actually ran
+        config = dataclasses.replace(config, num_updates=steps)
     per_seed = []
     out: dict[str, Any] = {"label": METHODS[name], "config": _clean(dataclasses.asdict(config))}
     noise = "fresh noise each step (seeded Generator)" if name == "fisor" else "deterministic (z = 0)"
     out["noise"] = noise if name in ("fisor", "fql") else "deterministic policy"
     for i in range(args.seeds):
         seed = args.seed + i
-        steps = args.baseline_steps if args.baseline_steps is not None else args.steps
         state, policy, info = train_baseline(name, data, config, steps=steps, seed=seed)
         row: dict[str, Any] = {
             "seed": seed,
@@ -394,10 +421,6 @@ def run_baseline(name: str, args: Any, data: dict[str, np.ndarray], starts: dict
         per_seed.append(row)
     out["per_seed"] = per_seed
     out["aggregate"] = {proto: aggregate([s[proto] for s in per_seed]) for proto in starts}
-    for proto in starts:
-        out["aggregate"][f"{proto}/actor_shielded"] = aggregate(
-            [s[f"{proto}/actor_shielded"] for s in per_seed], (*METRICS, "intervention_rate")
-        )
     times = [float(s["training"]["train_time_s"]) for s in per_seed]
     ups = [float(s["training"]["updates_per_s"]) for s in per_seed]
     out["training"] = {
@@ -610,6 +633,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--latency-calls", type=int, default=None, help="timed batch-1 calls (default 1000)")
     parser.add_argument("--episode-repeats", type=int, default=1, help="batch-1 400-step episodes timed")
     parser.add_argument("--plot-episodes", type=int, default=30, help="trajectories drawn per panel")
+    parser.add_argument(
+        "--reuse-safefql",
+        action="store_true",
+        help="skip SafeFQL training when --out-runs holds a finished run with the same config and sizes",
+    )
     parser.add_argument("--quick", action="store_true", help="2 seeds, 500 updates, 10 starts: a smoke run")
     parser.add_argument("--out-runs", type=Path, default=Path("runs/bench_boat"), help="run directories")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="boat.json and PNGs go here")
