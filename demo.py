@@ -141,6 +141,7 @@ def run_demo(
         "env_id": BOAT,
         "seed": seed,
         "quick": quick,
+        "sizes": {"episodes": episodes, "updates": result.steps, "eval_episodes": eval_episodes},
         "dataset": summary.to_dict(),
         "checkpoint": str(checkpoint),
         "calibration": {"offline": offline_cal.to_dict(), "rollout": rollout_cal.to_dict()},

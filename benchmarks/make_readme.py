@@ -384,6 +384,42 @@ def render_shield(d: dict[str, Any]) -> list[str]:
     return lines + md_table(["measurement", "value"], rows)
 
 
+def render_demo(d: dict[str, Any]) -> list[str]:
+    """``safefql demo`` end to end: phase timings against the budget, then what it reported."""
+    t = _get(d, "timings_s", default={}) or {}
+    wall = d.get("wall_s")
+    budget, aim = (None if _num(d.get(k)) is None else _num(d.get(k)) / 60 for k in ("budget_s", "aim_s"))
+    sizes = _get(d, "sizes", default={}) or {}
+    size_note = "the demo's own sizes" if d.get("full_size") else "REDUCED sizes (not the demo's)"
+    lines = [
+        f"{_f(sizes.get('episodes'), ',.0f')} episodes collected, "
+        f"{_f(sizes.get('updates'), ',.0f')} updates, "
+        f"{_f(sizes.get('eval_episodes'), '.0f')} oracle-safe evaluation starts ({size_note}); "
+        f"budget {_f(budget, '.0f')} min, aim {_f(aim, '.0f')} min.",
+        "",
+    ]
+    rows = [[k.removesuffix("_s"), _f(v, ",.1f")] for k, v in t.items()]
+    rows.append(["wall (whole call)", _f(wall, ",.1f")])
+    lines += md_table(["phase", "seconds"], rows) + [""]
+    results = [
+        [
+            r.get("what"),
+            _f(r.get("return"), ".1f"),
+            _f(r.get("violating_episodes"), ".0f"),
+            "-" if r.get("intervention_rate") is None else _f(r.get("intervention_rate"), ".3f"),
+        ]
+        for r in d.get("rows") or []
+        if isinstance(r, dict)
+    ]
+    lines += md_table(["run", "return", "violating episodes", "interventions/step"], results)
+    lines += [
+        "",
+        f"Calibrated delta (offline, eps 0.05): {_f(d.get('calibration_delta'), '.4g')}; "
+        f"sign agreement of the learned V_h with the oracle: {_f(d.get('sign_agreement'), '.3f')}.",
+    ]
+    return lines
+
+
 def render_generic(d: dict[str, Any]) -> list[str]:
     """Any benchmark JSON: a ``rows`` list of dicts, a ``results`` mapping of dicts, or top-level scalars."""
     rows_in = _get(d, "rows")
@@ -541,6 +577,7 @@ def _scalar(v: Any) -> str:
 # name -> (title, renderer, default command); safety_gym records command and machine per task
 PER_ENTRY = {"safety_gym"}
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]], str]] = {
+    "demo": ("`safefql demo`, end to end", render_demo, "uv run python benchmarks/bench_demo.py"),
     "envs": ("Environment throughput", render_envs, "uv run python benchmarks/bench_envs.py"),
     "collect": ("Dataset collection (boat)", render_collect, "uv run python benchmarks/bench_collect.py"),
     "boat": ("Boat: SafeFQL and baselines", render_boat, "uv run python benchmarks/bench_boat.py"),

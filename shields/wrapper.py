@@ -232,6 +232,8 @@ class _Decider:
             1, self.k, *([1] * len(self.shape))
         )
         self.spread = spread_candidates(action_space, num_spread)  # (M, *shape), fixed for the shield's life
+        # The batch-1 hot path skips re-validating what step() has already checked (NumpyPolicy has one).
+        self._q_one = getattr(fast, "safety_q_one", None) or (lambda o, a: float(fast.safety_q(o, a)))
 
     # -- primitives
     def actor(self, obs: np.ndarray) -> np.ndarray:
@@ -322,7 +324,7 @@ class _Decider:
             q = float(self.q(obs, a))
             return a, a, False, q, q, False
         a, clipped = self.proposal(action)
-        q = float(self.fast.safety_q(obs, a))
+        q = self._q_one(obs, a)
         if q + self.delta <= 0.0:
             return a, a, False, q, q, clipped
         applied, q_applied = self.replace(obs[None], a[None])

@@ -148,7 +148,7 @@ def test_make_readme_survives_missing_keys_and_bad_files(tmp_path):
     results, readme = tmp_path / "results", tmp_path / "README.md"
     results.mkdir()
     readme.write_text(README_TEXT)
-    for name in ("envs", "collect", "boat", "latency", "shield"):
+    for name in ("demo", "envs", "collect", "boat", "latency", "shield"):
         _write(results / f"{name}.json", {"benchmark": name})
     _write(
         results / "safety_gym.json", {"envs": {"SafetyPointGoal1Gymnasium-v0": {"error": "ValueError: x"}}}
@@ -158,6 +158,7 @@ def test_make_readme_survives_missing_keys_and_bad_files(tmp_path):
     assert mr.main(["--results-dir", str(results), "--readme", str(readme)]) == 0
     text = readme.read_text()
     for title in (
+        "`safefql demo`, end to end",
         "Environment throughput",
         "Dataset collection",
         "Boat",
@@ -231,3 +232,28 @@ def test_bench_boat_rollout_matches_library():
     assert summary["violation_rate"] == float(np.mean(ref["cost"] > 0))
     agg = boat_bench.aggregate([{"return": 1.0}, {"return": 3.0}], ("return",))
     assert agg["return_mean"] == 2.0 and agg["return_std"] == pytest.approx(np.sqrt(2.0))
+
+
+def test_bench_demo_runs_the_demo_end_to_end_and_renders(tmp_path, monkeypatch):
+    """The README's main command at smoke size: every phase runs, is timed, and reaches the README."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    demo = _load("bench_demo")
+    out_dir = tmp_path / "results"
+    argv = ["--quick", "--steps", "200", "--eval-episodes", "4", "--out-run", str(tmp_path / "run")]
+    result = demo.main([*argv, "--out-dir", str(out_dir)])
+    data = json.loads((out_dir / "demo.json").read_text())
+    assert data["full_size"] is False
+    assert data["sizes"] == {"episodes": 300, "updates": 200, "eval_episodes": 4}
+    phases = data["timings_s"]
+    assert set(phases) == {"collect_s", "train_s", "calibrate_s", "evaluate_s", "total_s"}
+    assert all(v > 0 for v in phases.values())
+    assert sum(v for k, v in phases.items() if k != "total_s") <= phases["total_s"] <= data["wall_s"]
+    assert data["within_budget"] == (data["wall_s"] <= 600.0)
+    assert [r["what"] for r in data["rows"]][0] == "SafeFQL policy" and len(data["rows"]) == 5
+    alone = {r["what"]: r for r in data["rows"]}["goal agent alone"]
+    assert alone["intervention_rate"] is None and 0 <= alone["violating_episodes"] <= 4
+    assert data["dataset"]["episodes"] == 300 and 0.0 <= data["sign_agreement"] <= 1.0
+    assert (tmp_path / "run" / "run" / "policy.eqx").is_file()
+    assert result["wall_s"] == data["wall_s"]
+    text = "\n".join(_load("make_readme").render_demo(data))
+    assert "REDUCED sizes" in text and "| goal agent + shield |" in text

@@ -276,6 +276,29 @@ def test_policy_matches_the_networks_and_numpy_path(policy_path, state):
     assert np.all(np.abs(a_np) <= 1.0)
 
 
+@pytest.mark.parametrize("activation", ["gelu", "relu", "tanh", "silu"])
+def test_numpy_path_matches_jax_for_every_activation(activation):
+    """Folded activation scales, fused first layers and the batch-1 ``safety_q_one`` path reproduce JAX."""
+    import dataclasses
+
+    config = dataclasses.replace(TINY, activation=activation, critic_hidden=(16, 16), value_hidden=(16, 16))
+    agent = create_train_state(config, 2, 2, jax.random.PRNGKey(7)).agent
+    header = _header() | {"config": config.to_dict()}
+    npol = SafeFQLPolicy(agent, header).numpy()
+    rng = np.random.default_rng(1)
+    obs = rng.uniform(OBS_SPACE.low, OBS_SPACE.high, size=(9, 2)).astype(np.float32) * 3.0
+    act = rng.uniform(-1, 1, size=(9, 2)).astype(np.float32)
+    tol = dict(rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(npol.act(obs), actor_actions(agent, obs, np.zeros_like(act)), **tol)
+    np.testing.assert_allclose(npol.safety_value(obs), safety_value(agent, obs), **tol)
+    np.testing.assert_allclose(npol.reward_q(obs, act), reward_q_value(agent, obs, act), **tol)
+    expected_q = np.asarray(safety_q_value(agent, obs, act))
+    np.testing.assert_allclose(npol.safety_q(obs, act), expected_q, **tol)
+    one = [npol.safety_q_one(o, a) for o, a in zip(obs, act, strict=True)]
+    assert all(isinstance(q, float) for q in one)
+    np.testing.assert_allclose(one, expected_q, **tol)
+
+
 def test_policy_input_validation(policy_path, tmp_path, state):
     pol = SafeFQLPolicy.load(policy_path)
     for impl in (pol, pol.numpy()):

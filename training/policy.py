@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -246,30 +247,83 @@ def export_weights(agent: Any) -> dict[str, tuple[list[tuple[np.ndarray, np.ndar
     }
 
 
-def _act_np(name: str):
-    if name == "relu":
-        return lambda x: np.maximum(x, 0.0, out=x)
-    if name == "tanh":
-        return lambda x: np.tanh(x, out=x)
-    if name == "silu":
-        return lambda x: np.multiply(x, 1.0 / (1.0 + np.exp(-x)), out=x)
-    if name == "gelu":  # tanh approximation, as jax.nn.gelu(approximate=True)
-        c0, c1, one, half = _GELU_C0, _GELU_C1, _ONE, _HALF
+def _act_np(name: str) -> tuple[Callable[[np.ndarray], np.ndarray], np.float32]:
+    """In-place activation ``f`` and the ``scale`` with ``act(x) = scale * f(x)``.
 
-        def gelu(x: np.ndarray) -> np.ndarray:
+    ``scale`` is folded into the next layer's weights (:func:`_fold_scale`): at batch 1 each NumPy call
+    costs about a microsecond whatever the size, so GELU saves its final ``* 0.5`` that way.
+    """
+    if name == "relu":
+        return (lambda x: np.maximum(x, 0.0, out=x)), _ONE
+    if name == "tanh":
+        return (lambda x: np.tanh(x, out=x)), _ONE
+    if name == "silu":
+        return (lambda x: np.multiply(x, 1.0 / (1.0 + np.exp(-x)), out=x)), _ONE
+    if name == "gelu":  # tanh approximation, as jax.nn.gelu(approximate=True); f = 2 * gelu
+        c0c1, c0, one = _GELU_C0 * _GELU_C1, _GELU_C0, _ONE
+
+        def twice_gelu(x: np.ndarray) -> np.ndarray:
             inner = x * x
-            inner *= c1
-            inner += one
-            inner *= x
-            inner *= c0
+            inner *= c0c1
+            inner += c0
+            inner *= x  # c0 * (x + c1 x^3)
             np.tanh(inner, out=inner)
             inner += one
-            inner *= half
             x *= inner
             return x
 
-        return gelu
+        return twice_gelu, _HALF
     raise ValueError(f"unknown activation {name!r}")
+
+
+def _fold_scale(layers: list[tuple[np.ndarray, np.ndarray]], scale: np.float32) -> list:
+    """Every layer after the first with its weights times ``scale`` (see :func:`_act_np`)."""
+    if scale == _ONE:
+        return list(layers)
+    return [layers[0], *((np.ascontiguousarray(w * scale), b) for w, b in layers[1:])]
+
+
+def _block_diagonal(w: np.ndarray) -> np.ndarray:
+    """Ensemble weights (M, in, out) as one (M * in, M * out) block-diagonal matrix."""
+    m, n_in, n_out = w.shape
+    out = np.zeros((m * n_in, m * n_out), dtype=w.dtype)
+    for k in range(m):
+        out[k * n_in : (k + 1) * n_in, k * n_out : (k + 1) * n_out] = w[k]
+    return out
+
+
+class _SingleEnsemble:
+    """Batch-1 forward of an ensemble Q(s, a) as flat vectors: one GEMV per layer for all members.
+
+    Worth it only while the block-diagonal matrices stay small (``MAX_WIDTH``); the shield calls it on
+    inputs it has already validated, so it does no checks of its own.
+    """
+
+    MAX_WIDTH = 1024
+
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], act: Callable, obs_dim: int):
+        w1, b1 = layers[0]  # (M, in, out)
+        m, _, n_out = w1.shape
+        fused = w1.transpose(1, 0, 2).reshape(-1, m * n_out)
+        self.w_obs = np.ascontiguousarray(fused[:obs_dim])
+        self.w_act = np.ascontiguousarray(fused[obs_dim:])
+        self.b1 = np.ascontiguousarray(b1.reshape(-1))
+        self.rest = [(_block_diagonal(w), np.ascontiguousarray(b.reshape(-1))) for w, b in layers[1:]]
+        self.act = act
+
+    @classmethod
+    def fits(cls, layers: list[tuple[np.ndarray, np.ndarray]]) -> bool:
+        return layers[0][0].ndim == 3 and all(w.shape[0] * w.shape[2] <= cls.MAX_WIDTH for w, _ in layers)
+
+    def __call__(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """Member outputs (M,) for ``obs`` (obs_dim,) and ``action`` (act_dim,), float32."""
+        x = np.dot(obs, self.w_obs)
+        x += np.dot(action, self.w_act)
+        x += self.b1
+        for w, b in self.rest:
+            x = np.dot(self.act(x), w)
+            x += b
+        return x
 
 
 def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -318,7 +372,6 @@ class NumpyPolicy(_PolicyInfo):
         self._obs_dim = int(np.prod(self._obs_shape))
         self._w = weights
         (actor_layers, act_name, _) = weights["actor"]
-        self._actor_act = _act_np(act_name)
         w1, b1 = actor_layers[0]
         if w1.shape[0] != self._obs_dim + self._act_dim:
             raise ValueError(
@@ -328,10 +381,19 @@ class NumpyPolicy(_PolicyInfo):
         self._a_w1_obs = np.ascontiguousarray(w1[: self._obs_dim])
         self._a_w1_z = np.ascontiguousarray(w1[self._obs_dim :])
         self._a_b1 = b1
-        self._a_rest = actor_layers[1:]
+        self._actor_act, actor_scale = _act_np(act_name)
+        self._a_rest = _fold_scale(actor_layers, actor_scale)[1:]
         self._act_dtype = np.dtype(self._act_space.dtype)
-        self._acts = {k: _act_np(v[1]) for k, v in weights.items()}
-        self._layers = {k: _fuse_first_layer(v[0]) for k, v in weights.items()}
+        self._acts, self._layers = {}, {}
+        for name, (layers, act_name_k, _) in weights.items():
+            self._acts[name], scale = _act_np(act_name_k)
+            self._layers[name] = _fuse_first_layer(_fold_scale(layers, scale))
+        q_layers = _fold_scale(weights["safety_q"][0], _act_np(weights["safety_q"][1])[1])
+        self._safety_q_one = (
+            _SingleEnsemble(q_layers, self._acts["safety_q"], self._obs_dim)
+            if _SingleEnsemble.fits(q_layers)
+            else None
+        )
 
     def act(self, obs: Any, rng: np.random.Generator | None = None) -> np.ndarray:
         """Actor action ``clip(mu(s, z))``: ``z = 0`` if ``rng`` is None, else ``z ~ N(0, I)`` from it."""
@@ -379,6 +441,15 @@ class NumpyPolicy(_PolicyInfo):
         q, single = self._q("safety_q", obs, action)
         q = q.max(axis=0)
         return q[0] if single else q
+
+    def safety_q_one(self, obs: np.ndarray, action: np.ndarray) -> float:
+        """``safety_q`` of one pair that the caller has already validated (finite, right shapes): the
+        shield's per-step hot path, without the checks and batch bookkeeping of :meth:`safety_q`."""
+        if self._safety_q_one is None:
+            return float(self.safety_q(obs, action))
+        o = np.asarray(obs, dtype=np.float32).reshape(-1)
+        a = np.asarray(action, dtype=np.float32).reshape(-1)
+        return max(self._safety_q_one(o, a).tolist())  # builtin max: ndarray.max costs ~5 us at this size
 
     def reward_q(self, obs: Any, action: Any) -> np.ndarray:
         """Pessimistic reward Q, ``min_k Q_r^k(s, a)``."""
