@@ -465,6 +465,20 @@ def render_safety_gym(d: dict[str, Any]) -> list[str]:
         if e.get("error"):
             lines += [f"Failed: {_cell(e['error'])}", ""]
             continue
+        data = _get(e, "data", default={}) or {}
+        if isinstance(data, dict) and data.get("transitions") is not None:
+            cost = _get(data, "episode_cost", default={}) or {}
+            collected = _get(data, "collection", "seconds")
+            how = "reused" if data.get("reused") else f"collected in {_f(collected, ',.0f')} s"
+            lines += [
+                f"Data: `{_cell(data.get('dataset_id'))}`, {_f(data.get('num_episodes'), ',.0f')} episodes, "
+                f"{_f(data.get('transitions'), ',.0f')} transitions ({how}); episode cost mean "
+                f"{_f(_get(cost, 'mean'), '.2f')}, median {_f(_get(cost, 'median'), '.1f')}, max "
+                f"{_f(_get(cost, 'max'), '.0f')}; episodes with cost "
+                f"{_f(_get(cost, 'fraction_with_cost'), '.2f')}, over the cost limit "
+                f"{_f(_get(cost, 'fraction_over_cost_limit'), '.2f')}.",
+                "",
+            ]
         norm = _get(e, "normalization", default={}) or {}
         rows = []
         evaluation = _get(e, "evaluation", default={}) or {}
