@@ -257,3 +257,11 @@ def test_bench_demo_runs_the_demo_end_to_end_and_renders(tmp_path, monkeypatch):
     assert result["wall_s"] == data["wall_s"]
     text = "\n".join(_load("make_readme").render_demo(data))
     assert "REDUCED sizes" in text and "| goal agent + shield |" in text
+
+
+@pytest.mark.parametrize("flag", ["--episodes", "--steps", "--eval-episodes"])
+def test_bench_demo_rejects_non_positive_sizes(flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        _load("bench_demo").main([flag, "0"])
+    assert e.value.code == 2
+    assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err

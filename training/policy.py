@@ -371,8 +371,12 @@ class NumpyPolicy(_PolicyInfo):
         self._init_info(header)
         self._obs_dim = int(np.prod(self._obs_shape))
         self._w = weights
-        (actor_layers, act_name, _) = weights["actor"]
-        w1, b1 = actor_layers[0]
+        self._acts, folded = {}, {}
+        for name, (layers, act_name, _) in weights.items():
+            self._acts[name], scale = _act_np(act_name)
+            folded[name] = _fold_scale(layers, scale)
+        self._layers = {name: _fuse_first_layer(layers) for name, layers in folded.items()}
+        w1, b1 = folded["actor"][0]
         if w1.shape[0] != self._obs_dim + self._act_dim:
             raise ValueError(
                 f"actor input size {w1.shape[0]} does not match "
@@ -381,14 +385,10 @@ class NumpyPolicy(_PolicyInfo):
         self._a_w1_obs = np.ascontiguousarray(w1[: self._obs_dim])
         self._a_w1_z = np.ascontiguousarray(w1[self._obs_dim :])
         self._a_b1 = b1
-        self._actor_act, actor_scale = _act_np(act_name)
-        self._a_rest = _fold_scale(actor_layers, actor_scale)[1:]
+        self._actor_act = self._acts["actor"]
+        self._a_rest = folded["actor"][1:]
         self._act_dtype = np.dtype(self._act_space.dtype)
-        self._acts, self._layers = {}, {}
-        for name, (layers, act_name_k, _) in weights.items():
-            self._acts[name], scale = _act_np(act_name_k)
-            self._layers[name] = _fuse_first_layer(_fold_scale(layers, scale))
-        q_layers = _fold_scale(weights["safety_q"][0], _act_np(weights["safety_q"][1])[1])
+        q_layers = folded["safety_q"]
         self._safety_q_one = (
             _SingleEnsemble(q_layers, self._acts["safety_q"], self._obs_dim)
             if _SingleEnsemble.fits(q_layers)
