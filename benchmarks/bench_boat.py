@@ -521,8 +521,8 @@ def print_tables(result: dict[str, Any]) -> None:
                 _pm(agg, "violation_rate", ".3f"),
                 "-" if pub is None or proto != "safe" else f"{pub['return']:.0f} / {pub['cost']:g}",
             )
-            shielded = methods.get("safefql", {}).get("aggregate", {}).get(f"{proto}/actor_shielded")
-            if shielded:
+            shielded = m["aggregate"].get(f"{proto}/actor_shielded") if name == "safefql" else None
+            if shielded:  # right under SafeFQL's own row
                 t.add_row(
                     "SafeFQL (actor + its shield, calibrated delta)",
                     str(shielded["seeds"]),

@@ -834,6 +834,25 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- main
+def carry_collection(env_out: dict[str, Any], previous: dict[str, Any] | None) -> None:
+    """On a reused dataset, keep the collection time that the run which collected it measured.
+
+    Only when the previous entry used the same dataset id and measured a time; the copy names its run.
+    """
+    data = env_out.get("data") or {}
+    if not data.get("reused") or not previous:
+        return
+    old = previous.get("data") or {}
+    old_collection = old.get("collection") or {}
+    if old.get("dataset_id") != data.get("dataset_id") or old_collection.get("seconds") is None:
+        return
+    data["collection"] = dict(
+        old_collection,
+        note="dataset reused (--reuse-data); collection time measured by the run that collected it",
+        measured_at=previous.get("timestamp"),
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--envs", default=DEFAULT_ENVS, help="comma-separated: point, car or full env ids")
@@ -972,7 +991,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "wall_time_s": time.perf_counter() - t0,
         }
-        result["envs"][env_id if not args.tag else f"{env_id} [{args.tag}]"] = env_out
+        key = env_id if not args.tag else f"{env_id} [{args.tag}]"
+        carry_collection(env_out, result["envs"].get(key))
+        result["envs"][key] = env_out
         result["updated"] = env_out["timestamp"]
         atomic_write_text(args.out, json.dumps(_clean(result), indent=1) + "\n")
         console.print(f"wrote {args.out} ({env_id})")

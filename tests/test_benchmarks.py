@@ -265,3 +265,27 @@ def test_bench_demo_rejects_non_positive_sizes(flag, capsys):
         _load("bench_demo").main([flag, "0"])
     assert e.value.code == 2
     assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_bench_safety_gym_keeps_the_collection_time_of_a_reused_dataset():
+    sg = _load("bench_safety_gym")
+    collected = {"seconds": 372.0, "steps_per_s": 410.0}
+    previous = {"timestamp": "T0", "data": {"dataset_id": "bench/x-v0", "collection": collected}}
+    reused = {"seconds": None, "note": "reused an existing dataset (--reuse-data)"}
+
+    out = {"data": {"dataset_id": "bench/x-v0", "reused": True, "collection": dict(reused)}}
+    sg.carry_collection(out, previous)
+    assert out["data"]["collection"]["seconds"] == 372.0
+    assert out["data"]["collection"]["measured_at"] == "T0"
+
+    for data in (
+        {"dataset_id": "bench/other-v0", "reused": True, "collection": dict(reused)},  # another dataset
+        {"dataset_id": "bench/x-v0", "reused": False, "collection": {"seconds": 5.0}},  # measured now
+    ):
+        out = {"data": data}
+        before = json.dumps(out)
+        sg.carry_collection(out, previous)
+        assert json.dumps(out) == before
+    out = {"data": {"dataset_id": "bench/x-v0", "reused": True, "collection": dict(reused)}}
+    sg.carry_collection(out, None)
+    assert out["data"]["collection"]["seconds"] is None

@@ -297,6 +297,11 @@ def test_numpy_path_matches_jax_for_every_activation(activation):
     one = [npol.safety_q_one(o, a) for o, a in zip(obs, act, strict=True)]
     assert all(isinstance(q, float) for q in one)
     np.testing.assert_allclose(one, expected_q, **tol)
+    # the shield passes float64 arrays: the batch-1 path casts them while filling its input vector
+    one64 = [
+        npol.safety_q_one(o.astype(np.float64), a.astype(np.float64)) for o, a in zip(obs, act, strict=True)
+    ]
+    np.testing.assert_allclose(one64, expected_q, **tol)
 
 
 def test_policy_input_validation(policy_path, tmp_path, state):

@@ -135,13 +135,13 @@ def _check_float(
         )
 
 
-# Boat (DESIGN.md section 6): 2-D state and action, sized for a 2-core CPU (~3-5 minutes of training).
+# Boat (DESIGN.md section 6): 2-D state and action, sized for a 2-core CPU (~2-3 minutes of training).
 _BOAT = SafeFQLConfig(
-    critic_hidden=(128, 128),
-    value_hidden=(128, 128),
+    critic_hidden=(64, 64),
+    value_hidden=(64, 64),
     actor_hidden=(256, 256, 256),
     flow_hidden=(128, 128),
-    activation="gelu",
+    activation="relu",
     # Measured on the default 1M dataset (README, tuning notes; seed 0, 30k updates, 100 oracle-safe starts):
     # - action_repeat=10 on data whose actions are held for 10 steps: one step of dt = 0.005 changes Q_h by
     #   about as much as the critic's error, so single-step critics cannot rank actions; held for 10 steps
@@ -150,12 +150,14 @@ _BOAT = SafeFQLConfig(
     # - actor 3x256 (was 2x128): the avoidance manoeuvre near the rocks is sharp in the state: 5 -> 0.
     # - alpha=0 (the reference default): alpha > 0 makes the actor clone the mixed behaviour; w_safe=1e5
     #   drowns the reward branch and the actor drives into a box corner; w_safe=10 does not.
+    # - relu, 2x64 critics, batch 128 (were gelu, 2x128, 256): 77 -> 238 updates/s on a 2-core CPU, sign
+    #   agreement 99.0% -> 99.5%, still 0 violating; the batch-1 shield critic costs a third as much.
     action_repeat=10,
     safety_margin=0.1,
     alpha=0.0,
     w_safe=10.0,
     actor_objective="plain",
-    batch_size=256,
+    batch_size=128,
     steps_per_call=1000,
     num_updates=30_000,
 )
