@@ -469,7 +469,12 @@ def render_safety_gym(d: dict[str, Any]) -> list[str]:
         if isinstance(data, dict) and data.get("transitions") is not None:
             cost = _get(data, "episode_cost", default={}) or {}
             collected = _get(data, "collection", "seconds")
-            how = "reused" if data.get("reused") else f"collected in {_f(collected, ',.0f')} s"
+            if not data.get("reused"):
+                how = f"collected in {_f(collected, ',.0f')} s"
+            elif isinstance(collected, int | float):  # carried over from the run that collected it
+                how = f"reused; collected in {_f(collected, ',.0f')} s by an earlier run"
+            else:
+                how = "reused"
             lines += [
                 f"Data: `{_cell(data.get('dataset_id'))}`, {_f(data.get('num_episodes'), ',.0f')} episodes, "
                 f"{_f(data.get('transitions'), ',.0f')} transitions ({how}); episode cost mean "
