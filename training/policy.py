@@ -305,16 +305,17 @@ class _SingleEnsemble:
     MAX_WIDTH = 1024
 
     def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], act: Callable, obs_dim: int):
-        w1, b1 = layers[0]  # (M, in, out)
-        m, n_in, n_out = w1.shape
-        self.obs_dim, self.n_in = obs_dim, n_in
-        self.w_in = _with_bias_row(w1.transpose(1, 0, 2).reshape(n_in, m * n_out), b1.reshape(-1))
+        """``layers`` as :func:`_fuse_first_layer` returns them for an ensemble (see :meth:`fits`)."""
+        w1, b1 = layers[0]  # (in, M * out) and (M, out)
+        self.obs_dim, self.n_in = obs_dim, w1.shape[0]
+        self.w_in = _with_bias_row(w1, b1.reshape(-1))
         self.rest = [(_block_diagonal(w), np.ascontiguousarray(b.reshape(-1))) for w, b in layers[1:]]
         self.act = act
 
     @classmethod
     def fits(cls, layers: list[tuple[np.ndarray, np.ndarray]]) -> bool:
-        return layers[0][0].ndim == 3 and all(w.shape[0] * w.shape[2] <= cls.MAX_WIDTH for w, _ in layers)
+        """An ensemble (biases (M, out)) whose every layer is at most ``MAX_WIDTH`` wide for all members."""
+        return layers[0][1].ndim == 2 and all(b.size <= cls.MAX_WIDTH for _, b in layers)
 
     def __call__(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
         """Member outputs (M,) for ``obs`` (obs_dim,) and ``action`` (act_dim,), as float32."""
@@ -397,7 +398,7 @@ class NumpyPolicy(_PolicyInfo):
         self._actor_act = self._acts["actor"]
         self._a_rest = folded["actor"][1:]
         self._act_dtype = np.dtype(self._act_space.dtype)
-        q_layers = folded["safety_q"]
+        q_layers = self._layers["safety_q"]
         self._safety_q_one = (
             _SingleEnsemble(q_layers, self._acts["safety_q"], self._obs_dim)
             if _SingleEnsemble.fits(q_layers)
