@@ -18,6 +18,7 @@ from safefql.training.safefql import (
     actor_actions,
     actor_loss,
     actor_raw_actions,
+    best_candidate_actions,
     create_train_state,
     create_train_states,
     flow_actions,
@@ -261,6 +262,67 @@ def test_actor_goes_unsafe_without_the_safety_gate(toy_critics):
     # Same true critics but no penalty weight: actions past the boundary get no push back.
     a0 = np.asarray(actor_actions(_train_actor(agent, cfg.replace(w_safe=0.0)), obs, z))
     assert a0.max() > 0.2 + 0.03
+
+
+def _set_relu_ensemble(ensemble, first_w, first_b, out_w, out_b: float):
+    """Hand-set every member of a hidden=(2,) relu ensemble on input x = (s, a): out_w . relu(W x + b) + c."""
+    num = ensemble.layers[0].weight.shape[0]
+    tile = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), (num, *np.shape(x)))
+    params = (tile(first_w), tile(first_b), tile([out_w]), tile([out_b]))
+    return eqx.tree_at(
+        lambda e: (e.layers[0].weight, e.layers[0].bias, e.layers[1].weight, e.layers[1].bias),
+        ensemble,
+        params,
+    )
+
+
+@pytest.fixture(scope="module")
+def notch_critics():
+    """1-D action, Q_r = a, Q_h = 0.4 - |a - 0.1|: feasible a <= -0.3 or a >= 0.5, best feasible a = 1.
+
+    From the lower feasible interval, -grad Q_r pushes a up into the notch and grad Q_h pushes it back
+    down: gradients alone park the actor at -0.3, the local optimum beside the blocked region.
+    """
+    cfg = LINEAR.replace(critic_hidden=(2,), activation="relu", w_safe=10.0)
+    agent = create_train_state(cfg, 1, 1, jax.random.key(40)).agent
+    plus_minus = [[0.0, 1.0], [0.0, -1.0]]  # relu(a) and relu(-a) of the input (s, a)
+    reward_q = _set_relu_ensemble(agent.reward_q, plus_minus, [0.0, 0.0], [1.0, -1.0], 0.0)  # = a
+    safety_q = _set_relu_ensemble(agent.safety_q, plus_minus, [-0.1, 0.1], [-1.0, -1.0], 0.4)
+    agent = eqx.tree_at(lambda g: (g.reward_q, g.safety_q), agent, (reward_q, safety_q))
+    agent = eqx.tree_at(lambda g: g.actor.layers[-1].bias, agent, jnp.full((1,), -0.5))  # start below
+    return cfg, agent
+
+
+def test_best_candidate_actions_follow_the_gate(notch_critics):
+    cfg, agent = notch_critics
+    obs = jnp.zeros((64, 1))
+    own = jnp.full((64, 1), -0.3)
+    keys = jax.random.split(jax.random.key(41), 2)
+    best = np.asarray(best_candidate_actions(agent, obs, own, keys[0], cfg.replace(candidate_actions=256)))
+    assert np.all(best > 0.9)  # the feasible maximum of Q_r, across the notch
+    q_h = np.asarray(safety_q_value(agent, obs, jnp.asarray(best)))
+    assert np.all(q_h <= 0)
+    # Nothing feasible (Q_h shifted up by 2): the lowest Q_h, i.e. the draw farthest from the notch.
+    blocked = eqx.tree_at(lambda g: g.safety_q.layers[-1].bias, agent, agent.safety_q.layers[-1].bias + 2.0)
+    far = np.asarray(best_candidate_actions(blocked, obs, own, keys[1], cfg.replace(candidate_actions=256)))
+    assert np.all(np.abs(far - 0.1) > 1.0)
+    # The actor's own action competes: with no draws better than it, it is kept.
+    keep = np.asarray(
+        best_candidate_actions(agent, obs, jnp.ones((64, 1)), keys[0], cfg.replace(candidate_actions=8))
+    )
+    assert np.all(keep == 1.0)
+
+
+def test_candidate_search_frees_the_actor_from_a_blocked_local_optimum(notch_critics):
+    cfg, agent = notch_critics
+    obs = jax.random.normal(jax.random.key(42), (500, 1))
+    z = jax.random.normal(jax.random.key(43), (500, 1))
+    stuck = np.asarray(actor_actions(_train_actor(agent, cfg), obs, z))
+    assert abs(np.median(stuck) + 0.3) < 0.05  # gradients alone: parked below the notch
+    # The regression must outweigh the safety push inside the notch (w_safe = 10 times |dQ_h/da| = 1).
+    searching = cfg.replace(candidate_actions=8, candidate_weight=10.0)
+    freed = np.asarray(actor_actions(_train_actor(agent, searching), obs, z))
+    assert np.median(freed) > 0.9 and np.mean(freed >= 0.5) > 0.95
 
 
 # ---------------------------------------------------------------- stop-gradients and EMA
@@ -562,7 +624,7 @@ def test_config_roundtrip_and_errors():
     cfg = default_config("safefql/BoatNav-v0")
     assert SafeFQLConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert cfg.alpha == 0.0 and cfg.w_safe > 1.0 and max(cfg.critic_hidden) <= 128  # README tuning notes
-    assert cfg.action_repeat == 10 and cfg.safety_margin > 0  # README tuning notes
+    assert cfg.action_repeat == 10 and cfg.safety_margin > 0 and cfg.candidate_actions > 0  # tuning notes
     assert default_config("SafetyPointGoal1-v0").critic_hidden != cfg.critic_hidden
     assert default_config("SafetyPointGoal1-v0").action_repeat == 1
     with pytest.raises(ValueError, match="action_repeat must be a positive integer"):
@@ -585,6 +647,11 @@ def test_config_roundtrip_and_errors():
         cfg.replace(activation="swish2")
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         cfg.replace(batch_size=0)
+    for bad in (-1, True, 2.0):
+        with pytest.raises(ValueError, match="candidate_actions must be an integer >= 0"):
+            cfg.replace(candidate_actions=bad)
+    with pytest.raises(ValueError, match="candidate_weight must lie in"):
+        cfg.replace(candidate_weight=-1.0)
     with pytest.raises(ValueError, match="grad_clip must be a finite number"):
         cfg.replace(grad_clip=float("nan"))
     with pytest.raises(ValueError, match="env_id must be a string"):

@@ -193,14 +193,42 @@ def flow_loss(
     return loss, {"flow_loss": loss}
 
 
+def best_candidate_actions(
+    agent: SafeFQLAgent, obs: Array, actions: Array, key: PRNGKeyArray, config: SafeFQLConfig
+) -> Array:
+    """Per state, the best of ``actions`` and ``candidate_actions`` uniform draws from the box, by the
+    actor's own gate: the highest ``Q_r`` among those with ``Q_h + margin <= 0``, else the lowest ``Q_h``.
+
+    Gradients of the gated objective cannot leave a local optimum: where the reward-greedy direction is
+    blocked, ``-grad Q_r`` and ``grad Q_h`` point along one line and the actor settles between them (on the
+    boat, parked beside a rock). A sampled search over the whole box finds the feasible detour; the actor
+    regresses onto it during training only, so deployment stays one network call. No gradient flows out.
+    """
+    n = config.candidate_actions
+    drawn = jax.random.uniform(key, actions.shape[:-1] + (n, actions.shape[-1]), actions.dtype, -1.0, 1.0)
+    cand = jnp.concatenate([drawn, jax.lax.stop_gradient(actions)[..., None, :]], axis=-2)  # (B, n + 1, A)
+    obs_c = jnp.broadcast_to(obs[..., None, :], cand.shape[:-1] + obs.shape[-1:])
+    q_h = _q_all(agent.safety_q, obs_c, cand).max(-1)
+    q_r = _q_all(agent.reward_q, obs_c, cand).min(-1)
+    feasible = q_h + config.safety_margin <= 0
+    pick = jnp.where(
+        feasible.any(-1), jnp.argmax(jnp.where(feasible, q_r, -jnp.inf), -1), jnp.argmin(q_h, -1)
+    )
+    best = jnp.take_along_axis(cand, pick[..., None, None], axis=-2)[..., 0, :]
+    return jax.lax.stop_gradient(best)
+
+
 def actor_loss(
     agent: SafeFQLAgent, batch: Batch, key: PRNGKeyArray, config: SafeFQLConfig
 ) -> tuple[Array, Info]:
-    """``alpha * distill + gated Q objective``; only the actor gets gradients (critics and flow are sg'd).
+    """``alpha * distill + gated Q objective (+ candidate_weight * ||a_mu - best candidate||^2)``; only the
+    actor gets gradients (critics and flow are sg'd).
 
     With ``alpha = 0`` the teacher is not evaluated and ``info`` has no ``distill_loss``.
     """
     obs = batch["observations"]
+    if config.candidate_actions > 0:  # static: configs without candidates keep their noise stream
+        key, candidate_key = jax.random.split(key)
     z = jax.random.normal(key, batch["actions"].shape, batch["actions"].dtype)
     frozen = _sg(agent)  # critics and flow enter only as constants; frozen.actor is never used
     raw = actor_raw_actions(agent, obs, z)
@@ -223,6 +251,11 @@ def actor_loss(
     gate = jax.lax.stop_gradient((q_h_margin <= 0).astype(q_h.dtype))
     reward_term = gate * (-q_r) * scale
     safety_term = (1.0 - gate) * config.w_safe * jax.nn.relu(q_h_margin)
+    if config.candidate_actions > 0:
+        best = best_candidate_actions(frozen, obs, a_mu, candidate_key, config)
+        candidate = jnp.mean(jnp.sum((a_mu - best) ** 2, axis=-1))
+    else:
+        candidate = None
     if config.actor_objective == "normalized":
         q_loss = reward_term.sum() / jnp.maximum(gate.sum(), 1.0) + safety_term.sum() / jnp.maximum(
             (1.0 - gate).sum(), 1.0
@@ -230,7 +263,10 @@ def actor_loss(
     else:
         q_loss = jnp.mean(reward_term + safety_term)
     loss = q_loss + config.action_penalty * box + (0.0 if distill is None else config.alpha * distill)
+    if candidate is not None:
+        loss = loss + config.candidate_weight * candidate
     info = {} if distill is None else {"distill_loss": distill}
+    info |= {} if candidate is None else {"candidate_loss": candidate}
     info |= {
         "actor_loss": loss,
         "box_penalty": box,
