@@ -72,10 +72,9 @@ class SafeFQLConfig:
         _check_float("safety_margin", self.safety_margin, lo=0.0)
         _check_float("action_penalty", self.action_penalty, lo=0.0)
         _check_float("candidate_weight", self.candidate_weight, lo=0.0)
-        if isinstance(self.candidate_actions, bool) or not isinstance(self.candidate_actions, int):
-            raise ValueError(f"candidate_actions must be an integer >= 0, got {self.candidate_actions!r}")
-        if self.candidate_actions < 0:
-            raise ValueError(f"candidate_actions must be an integer >= 0, got {self.candidate_actions!r}")
+        n = self.candidate_actions
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"candidate_actions must be an integer >= 0, got {n!r}")
         for name in (
             "action_repeat",
             "flow_steps",
