@@ -44,7 +44,6 @@ import shlex
 import sys
 import time
 import traceback
-import types
 from pathlib import Path
 from typing import Any
 
@@ -179,27 +178,6 @@ def measure_latency(paths: dict[str, Any], calls: int, episode_repeats: int) -> 
 
 
 # ------------------------------------------------------------------------------------------- methods
-def _finished_run(run_dir: Path, config: Any, args: Any) -> Any | None:
-    """The finished SafeFQL run in ``run_dir`` (its summary.json) if it matches this call, else None."""
-    from safefql.training.checkpoint import read_header
-    from safefql.training.trainer import SUMMARY_FILE
-
-    try:
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-        header = read_header(summary["policy_paths"][0])
-    except (FileNotFoundError, KeyError, IndexError, ValueError):
-        return None
-    want = {"steps": args.steps or config.num_updates, "num_seeds": args.seeds, "seed": args.seed}
-    if any(summary.get(k) != v for k, v in want.items()) or header.get("config") != config.to_dict():
-        return None
-    if header.get("dataset_id") != args.dataset:
-        return None
-    print(f"reusing the finished SafeFQL run in {run_dir} (--reuse-safefql)")
-    summary["policy_paths"] = [Path(p) for p in summary["policy_paths"]]
-    summary["run_dir"] = Path(summary["run_dir"])
-    return types.SimpleNamespace(**summary)
-
-
 def run_safefql(args: Any, transitions: Any, starts: dict[str, np.ndarray], oracle: Any, figs: dict) -> dict:
     """Train K seeds in one vmapped program, calibrate each, evaluate as a policy and as a shield."""
     from safefql.analysis import plot_value_maps, sign_agreement
@@ -212,19 +190,20 @@ def run_safefql(args: Any, transitions: Any, starts: dict[str, np.ndarray], orac
 
     config = default_config(BOAT_ID)
     run_dir = Path(args.out_runs) / "safefql"
-    res = _finished_run(run_dir, config, args) if args.reuse_safefql else None
-    if res is None:
-        res = train(
-            transitions,
-            out_dir=run_dir,
-            config=config,
-            steps=args.steps,
-            seed=args.seed,
-            seeds=args.seeds,
-            calib_fraction=args.calib_fraction,
-            overwrite=True,
-            progress=args.progress,
-        )
+    res = train(
+        transitions,
+        out_dir=run_dir,
+        config=config,
+        steps=args.steps,
+        seed=args.seed,
+        seeds=args.seeds,
+        calib_fraction=args.calib_fraction,
+        overwrite=True,
+        reuse=args.reuse_safefql,
+        progress=args.progress,
+    )
+    if res.reused:
+        print(f"reusing the finished SafeFQL run in {run_dir} (--reuse-safefql)")
     training = {
         "steps": res.steps,
         "num_seeds": res.num_seeds,

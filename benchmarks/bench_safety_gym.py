@@ -24,9 +24,11 @@ Per task (``--envs``, default SafetyPointGoal1Gymnasium-v0 and SafetyCarGoal1Gym
     and the JSON says so. The scripted behaviours are evaluated on the same starts as references.
     Targets: SafeFQL ``c_norm <= 1`` with ``r_norm >= `` BC-safe's.
 (d) **shield**: the goal_lidar agent (steers at the goal, ignores hazards) alone vs wrapped in
-    ``SafeFQLShield`` with seed 0's checkpoint (fallback "nearest"), at ``delta = 0`` and at the offline
-    conformal ``delta`` (``calibrate(ckpt, "offline", eps=--eps)`` on the held-out episodes) when finite.
-    Reported: episode-cost reduction (target >= 80%), return change, intervention rate.
+    ``SafeFQLShield`` with seed 0's checkpoint, for each fallback in ``--shield-fallbacks`` (default both:
+    "nearest" and "actor"), at ``delta = 0`` and at the offline conformal ``delta`` (``calibrate(ckpt,
+    "offline", eps=--eps)`` on the held-out episodes) when finite. Reported: episode-cost reduction (target
+    >= 80%), return change, intervention rate. ``--reuse-safefql`` evaluates a finished SafeFQL run of the
+    same config, seeds and dataset again (``trainer.finished_run``) instead of training it again.
 
 Variants (stored under ``"<env id> [<tag>]"`` with ``--tag``): ``--kappa K`` relabels the surrogate margin
 in memory (``h = K if cost > 0 else -1``, for every method; the HJ critic's horizon shrinks with K: with
@@ -135,6 +137,22 @@ def baseline_configs(quick: bool) -> dict[str, Any]:
         steps_per_call=spc,
     )
     return {"bc": bc, "bc_safe": bc, "fisor": fisor}
+
+
+def shield_cost_target(shield: dict[str, Any], variants: list[str]) -> dict[str, Any]:
+    """The >= 80% cost-reduction target over the shield runs ``variants`` (keys of ``shield``).
+
+    Only a run in which some of the agent's own actions pass counts: at an intervention rate of 1 every
+    action is the fallback's, so the run measures the policy, not a filter of the agent.
+    """
+    out: dict[str, Any] = {}
+    met = []
+    for v in variants:
+        reduction, rate = shield[v]["cost_reduction"], shield[v]["intervention_rate"]
+        out[f"value_{v}"], out[f"interventions_{v}"] = reduction, rate
+        if math.isfinite(reduction) and reduction >= 0.8 and rate < 1.0:
+            met.append(v)
+    return out | {"met_by": met, "met": bool(met), "rule": "reduction >= 0.8 with intervention rate < 1"}
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -484,9 +502,13 @@ def stage_safefql(env_id: str, args: Any, transitions: Any, run_dir: Path) -> tu
         calib_fraction=args.calib_fraction,
         eval_episodes=0,
         overwrite=True,
+        reuse=args.reuse_safefql,  # evaluate a finished run again (new shield runs) without retraining it
         progress=args.progress,
     )
+    if res.reused:
+        print(f"reusing the finished SafeFQL run in {run_dir} (--reuse-safefql)")
     train_report = {
+        "reused": res.reused,  # times below are then those of the run that trained it
         "config": config.to_dict(),
         "steps": res.steps,
         "num_seeds": res.num_seeds,
@@ -748,21 +770,29 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
     n_sh = args.shield_episodes
     alone = run_episodes(make, goal_act, n_sh, EVAL_SEED, args.eval_max_steps)
     shield["alone"] = summarize(alone, r_min, r_max, args.cost_limit)
-    variants = [("delta_0", 0.0)]
+    deltas = [("delta_0", 0.0)]
     if cal is not None and math.isfinite(cal.delta) and not args.no_calibrated_shield:
-        variants.append(("calibrated", float(cal.delta)))
+        deltas.append(("calibrated", float(cal.delta)))
+    # "nearest" keeps the plain keys; other fallbacks are stored as "<fallback>_<variant>"
+    variants = [
+        (name if fb == "nearest" else f"{fb}_{name}", delta, fb)
+        for fb in args.shield_fallbacks
+        for name, delta in deltas
+    ]
     shield["checkpoint"] = str(ckpt)
     shield["episodes"] = n_sh
-    shield["fallback"] = "nearest (the shield's default)"
-    for variant, delta in variants:
+    shield["fallbacks"] = list(args.shield_fallbacks)
+    for variant, delta, fallback in variants:
 
-        def make_shielded(delta: float = delta) -> Any:
-            return SafeFQLShield(_make_env(env_id), checkpoint=ckpt, mode="shield", delta=delta)
+        def make_shielded(delta: float = delta, fallback: str = fallback) -> Any:
+            env = _make_env(env_id)
+            return SafeFQLShield(env, checkpoint=ckpt, mode="shield", delta=delta, fallback=fallback)
 
         ep = run_episodes(make_shielded, goal_act, n_sh, EVAL_SEED, args.eval_max_steps)
         s = summarize(ep, r_min, r_max, args.cost_limit)
         base_c = shield["alone"]["cost"]
         s["delta"] = delta
+        s["fallback"] = fallback
         s["cost_reduction"] = float(1.0 - s["cost"] / base_c) if base_c > 0 else math.nan
         s["return_change"] = float(s["return"] - shield["alone"]["return"])
         shield[variant] = s
@@ -770,11 +800,13 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
     out["shield"] = shield
 
     st = Table(title=f"{env_id}: goal_lidar agent with and without the SafeFQL shield ({n_sh} episodes)")
-    for col in ("run", "delta", "return", "cost", "c_norm", "viol. rate", "cost reduction", "interv. rate"):
-        st.add_column(col, justify="right" if col != "run" else "left")
+    cols = ("run", "fallback", "delta", "return", "cost", "c_norm", "viol. rate", "cost reduction")
+    for col in (*cols, "interv. rate"):
+        st.add_column(col, justify="left" if col in ("run", "fallback") else "right")
     a = shield["alone"]
     st.add_row(
         "alone",
+        "-",
         "-",
         f"{a['return']:.2f}",
         f"{a['cost']:.2f}",
@@ -783,10 +815,11 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
         "-",
         "-",
     )
-    for variant, _ in variants:
+    for variant, _, fallback in variants:
         s = shield[variant]
         st.add_row(
             f"shielded ({variant})",
+            fallback,
             f"{s['delta']:.3g}",
             f"{s['return']:.2f}",
             f"{s['cost']:.2f}",
@@ -815,15 +848,7 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
                 "gap": sf["r_norm"] - bs["r_norm"],
                 "met": bool(sf["r_norm"] >= bs["r_norm"]),
             }
-    best = shield.get("delta_0", {}).get("cost_reduction", math.nan)
-    targets["shield_cost_reduction_ge_0.8"] = {
-        "value_delta_0": best,
-        "value_calibrated": shield.get("calibrated", {}).get("cost_reduction"),
-        "met": bool(
-            (math.isfinite(best) and best >= 0.8)
-            or (shield.get("calibrated", {}).get("cost_reduction") or 0.0) >= 0.8
-        ),
-    }
+    targets["shield_cost_reduction_ge_0.8"] = shield_cost_target(shield, [v for v, _, _ in variants])
     out["targets"] = targets
     timings["total_s"] = time.perf_counter() - t_env
     out["timings"] = timings
@@ -872,6 +897,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--calib-fraction", type=float, default=0.1)
     parser.add_argument("--eps", type=float, default=0.1, help="offline calibration level for the shield")
     parser.add_argument("--no-calibrated-shield", action="store_true", help="skip the calibrated-delta run")
+    parser.add_argument(
+        "--shield-fallbacks", default="nearest,actor", help="shield fallbacks to run (nearest, actor)"
+    )
+    parser.add_argument(
+        "--reuse-safefql",
+        action="store_true",
+        help="skip SafeFQL training when the work dir holds a finished run with the same config and sizes",
+    )
     parser.add_argument("--set", action="append", default=[], help="SafeFQLConfig override key=value")
     parser.add_argument(
         "--switch-every", type=int, default=0, help="prototype data: re-draw the policy every N steps"
@@ -913,6 +946,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bad = [m for m in args.methods if m not in METHODS]
     if bad or "safefql" not in args.methods:
         parser.error(f"--methods must include safefql and come from {list(METHODS)}; bad: {bad}")
+    from safefql.shields.wrapper import FALLBACKS
+
+    args.shield_fallbacks = [f.strip() for f in args.shield_fallbacks.split(",") if f.strip()]
+    if not args.shield_fallbacks or any(f not in FALLBACKS for f in args.shield_fallbacks):
+        parser.error(f"--shield-fallbacks must come from {FALLBACKS}")
     args.references = [r.strip() for r in args.references.split(",") if r.strip()]
     if any(r not in REFERENCE_POLICIES for r in args.references):
         parser.error(f"--references must come from {REFERENCE_POLICIES}")

@@ -546,6 +546,7 @@ def render_safety_gym(d: dict[str, Any]) -> list[str]:
                 [
                     "agent alone",
                     "-",
+                    "-",
                     _f(a.get("return"), ".2f"),
                     _f(a.get("cost"), ".2f"),
                     _f(a.get("violation_rate"), ".2f"),
@@ -553,13 +554,14 @@ def render_safety_gym(d: dict[str, Any]) -> list[str]:
                     "-",
                 ]
             ]
-            for variant in ("delta_0", "calibrated"):
+            for variant in ("delta_0", "calibrated", "actor_delta_0", "actor_calibrated"):
                 v = shield.get(variant)
                 if isinstance(v, dict):
                     red = _num(v.get("cost_reduction"))
                     rows.append(
                         [
-                            f"shielded ({variant})",
+                            f"shielded ({variant.removeprefix('actor_')})",
+                            _cell(v.get("fallback", "nearest")),
                             _f(v.get("delta"), ".3g"),
                             _f(v.get("return"), ".2f"),
                             _f(v.get("cost"), ".2f"),
@@ -574,6 +576,7 @@ def render_safety_gym(d: dict[str, Any]) -> list[str]:
             ]
             headers = [
                 "run",
+                "fallback",
                 "delta",
                 "return",
                 "cost",
@@ -581,7 +584,7 @@ def render_safety_gym(d: dict[str, Any]) -> list[str]:
                 "cost reduction",
                 "interventions/step",
             ]
-            lines += md_table(headers, rows) + [""]
+            lines += md_table(headers, rows, align="ll" + "r" * (len(headers) - 2)) + [""]
     return lines
 
 

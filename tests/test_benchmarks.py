@@ -289,3 +289,39 @@ def test_bench_safety_gym_keeps_the_collection_time_of_a_reused_dataset():
     out = {"data": {"dataset_id": "bench/x-v0", "reused": True, "collection": dict(reused)}}
     sg.carry_collection(out, None)
     assert out["data"]["collection"]["seconds"] is None
+
+
+def test_make_readme_renders_each_shield_fallback(tmp_path):
+    mr = _load("make_readme")
+    results, readme = tmp_path / "results", tmp_path / "README.md"
+    results.mkdir()
+    readme.write_text(README_TEXT)
+    run = {"return": 5.0, "cost": 10.0, "violation_rate": 0.5, "intervention_rate": 0.25}
+    run["cost_reduction"] = 0.75
+    shield = {
+        "agent": "goal_lidar",
+        "episodes": 20,
+        "alone": {"return": 20.0, "cost": 40.0, "violation_rate": 0.9},
+        "delta_0": run | {"delta": 0.0, "fallback": "nearest"},
+        "actor_delta_0": run | {"delta": 0.0, "fallback": "actor", "cost_reduction": 0.5},
+    }
+    _write(results / "safety_gym.json", {"envs": {"SafetyCarGoal1Gymnasium-v0": {"shield": shield}}})
+    assert mr.main(["--results-dir", str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "| run | fallback | delta |" in text and "| --- | --- | ---: |" in text
+    assert "| shielded (delta_0) | nearest | 0 | 5.00 | 10.00 | 0.50 | 75.0% | 0.250 |" in text
+    assert "| shielded (delta_0) | actor | 0 | 5.00 | 10.00 | 0.50 | 50.0% | 0.250 |" in text
+
+
+def test_bench_safety_gym_shield_target_needs_the_agent_to_act():
+    sg = _load("bench_safety_gym")
+    shield = {
+        "delta_0": {"cost_reduction": -1.5, "intervention_rate": 0.7},
+        "actor_delta_0": {"cost_reduction": 0.85, "intervention_rate": 0.6},
+        "actor_calibrated": {"cost_reduction": 0.9, "intervention_rate": 1.0},  # the policy alone
+    }
+    target = sg.shield_cost_target(shield, ["delta_0", "actor_calibrated"])
+    assert not target["met"] and target["met_by"] == [] and target["value_actor_calibrated"] == 0.9
+    target = sg.shield_cost_target(shield, list(shield))
+    assert target["met"] and target["met_by"] == ["actor_delta_0"]
+    assert target["interventions_delta_0"] == 0.7

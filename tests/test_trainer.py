@@ -20,6 +20,7 @@ from safefql.training.policy import SafeFQLPolicy
 from safefql.training.trainer import (
     TrainingDivergedError,
     evaluate_policy,
+    finished_run,
     load_calib_episodes,
     train,
 )
@@ -246,6 +247,26 @@ def test_multi_seed_training_writes_one_policy_per_seed(tmp_path, data):
         assert evaluate_policy(p.numpy(), BOAT_ID, 3)["return"] == pytest.approx(returns[i])
     state, header = load_checkpoint(tmp_path / "m" / "train_state.eqx")
     assert header["num_seeds"] == 2 and np.asarray(state.step).tolist() == [10, 10]
+    # finished_run finds this run for the same call, and nothing for any call that would train another
+    same = {"steps": 10, "seeds": 2, "seed": 0, "dataset_id": "test/boat-random-v0", "calib_fraction": 0.1}
+    found = finished_run(tmp_path / "m", TINY, **same)
+    assert found is not None and found.policy_paths == result.policy_paths and found.eval == result.eval
+    changes = ({"steps": 20}, {"seeds": 1}, {"seed": 1}, {"dataset_id": "x/y-v0"}, {"calib_fraction": 0.2})
+    for change in changes:
+        assert finished_run(tmp_path / "m", TINY, **(same | change)) is None, change
+    assert finished_run(tmp_path / "m", TINY.replace(w_safe=2.0), **same) is None
+    assert finished_run(tmp_path / "missing", TINY, **same) is None
+    # train(reuse=True) returns that run without training; another call is refused unless overwrite=True
+    before = result.policy_paths[0].stat().st_mtime_ns
+    again = train(data, out_dir=tmp_path / "m", config=TINY, steps=10, seeds=2, reuse=True, progress=False)
+    assert again.reused and not result.reused and again.eval == result.eval
+    assert result.policy_paths[0].stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="holds a training run of another call"):
+        train(data, out_dir=tmp_path / "m", config=TINY, steps=20, seeds=2, reuse=True, progress=False)
+    with pytest.raises(ValueError, match="pass only one"):
+        train(data, out_dir=tmp_path / "m", config=TINY, resume=True, reuse=True, progress=False)
+    result.policy_paths[1].unlink()
+    assert finished_run(tmp_path / "m", TINY, **same) is None
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from safefql.training.safefql import (
     create_train_state,
     create_train_states,
     flow_actions,
+    penalized_rewards,
     reward_critic_loss,
     reward_q_value,
     reward_value,
@@ -306,11 +307,32 @@ def test_best_candidate_actions_follow_the_gate(notch_critics):
     blocked = eqx.tree_at(lambda g: g.safety_q.layers[-1].bias, agent, agent.safety_q.layers[-1].bias + 2.0)
     far = np.asarray(best_candidate_actions(blocked, obs, own, keys[1], cfg.replace(candidate_actions=256)))
     assert np.all(np.abs(far - 0.1) > 1.0)
+    # candidate_tolerance: the best Q_r (= a) among the near-safest. Q_h = 0.72 - |a - 0.1| with margin 0.4:
+    # nothing feasible, the safest draw is near a = -1 (Q_h ~ -0.38). Tolerance 0.1 admits draws up to about
+    # 0.1 above it; tolerance 0.3 would admit a <= -0.67, but the cap at -margin / 2 = -0.2 keeps a <= -0.82.
+    edge = eqx.tree_at(lambda g: g.safety_q.layers[-1].bias, agent, agent.safety_q.layers[-1].bias + 0.32)
+    near = cfg.replace(candidate_actions=256, safety_margin=0.4)
+    back = np.asarray(best_candidate_actions(edge, obs, own, keys[1], near))
+    assert np.all(back < -0.95)  # no tolerance: straight back to the lowest Q_h
+    slide = lambda tol: np.asarray(  # noqa: E731
+        best_candidate_actions(edge, obs, own, keys[1], near.replace(candidate_tolerance=tol))
+    )
+    slid = slide(0.1)
+    assert np.all((slid > -0.95) & (slid <= -0.86)) and np.all(slid - back > 0.05)
+    capped = slide(0.3)
+    assert np.all((capped > -0.87) & (capped <= -0.82 + 1e-5))
     # The actor's own action competes: with no draws better than it, it is kept.
     keep = np.asarray(
         best_candidate_actions(agent, obs, jnp.ones((64, 1)), keys[0], cfg.replace(candidate_actions=8))
     )
     assert np.all(keep == 1.0)
+    # The caller's (Q_h, Q_r) of its own actions stand in for scoring them again: same choice.
+    own_q = (safety_q_value(agent, obs, own), reward_q_value(agent, obs, own))
+    for key in keys:
+        searched = cfg.replace(candidate_actions=8)
+        given = best_candidate_actions(agent, obs, own, key, searched, own_q)
+        again = best_candidate_actions(agent, obs, own, key, searched)
+        assert np.array_equal(np.asarray(given), np.asarray(again))
 
 
 def test_candidate_search_frees_the_actor_from_a_blocked_local_optimum(notch_critics):
@@ -488,6 +510,12 @@ def test_held_action_backups_compose_one_step_backups():
     _, info = eqx.filter_jit(reward_critic_loss)(agent, batch, cfg)
     y_r = np.array([1.0, 2.0, 3.0]) + gamma**3 * masks * nxt[:, 0]
     assert float(info["reward_q_target"]) == pytest.approx(y_r.mean(), abs=1e-6)
+    # cost_penalty kappa: each step whose state is inside the failure set (h > 0) costs kappa, discounted.
+    _, info = eqx.filter_jit(reward_critic_loss)(agent, batch, cfg.replace(cost_penalty=2.0))
+    steps_inside = np.array([gamma**2, 0.0, 1 + gamma + gamma**2])
+    assert float(info["reward_q_target"]) == pytest.approx(np.mean(y_r - 2.0 * steps_inside), abs=1e-5)
+    one_step = {**batch, "h": batch["h"][:, 0], "rewards": jnp.zeros(3)}
+    assert np.allclose(penalized_rewards(one_step, cfg.replace(cost_penalty=3.0)), [0.0, 0.0, -3.0])
 
 
 @pytest.mark.slow  # compiles one update
@@ -652,6 +680,10 @@ def test_config_roundtrip_and_errors():
             cfg.replace(candidate_actions=bad)
     with pytest.raises(ValueError, match="candidate_weight must lie in"):
         cfg.replace(candidate_weight=-1.0)
+    with pytest.raises(ValueError, match="candidate_tolerance must lie in"):
+        cfg.replace(candidate_tolerance=-0.1)
+    with pytest.raises(ValueError, match="cost_penalty must lie in"):
+        cfg.replace(cost_penalty=-1.0)
     with pytest.raises(ValueError, match="grad_clip must be a finite number"):
         cfg.replace(grad_clip=float("nan"))
     with pytest.raises(ValueError, match="env_id must be a string"):

@@ -38,6 +38,8 @@ class SafeFQLConfig:
     actor_objective: str = "plain"  # "plain": batch mean; "normalized": each gate branch averaged alone
     candidate_actions: int = 0  # N > 0: also regress the actor onto the best of N uniform box actions
     candidate_weight: float = 1.0  # weight of that regression (best by the gate: feasible max Q_r)
+    candidate_tolerance: float = 0.0  # none feasible: best Q_r among those within this of the lowest Q_h
+    cost_penalty: float = 0.0  # kappa: Q_r learns r - kappa * 1[h(s) > 0] per step (0: the pure reward)
     batch_size: int = 256  # transitions per update
     num_reward_q: int = 2  # reward Q ensemble size (min over members)
     num_safety_q: int = 2  # safety Q ensemble size (max over members)
@@ -72,6 +74,8 @@ class SafeFQLConfig:
         _check_float("safety_margin", self.safety_margin, lo=0.0)
         _check_float("action_penalty", self.action_penalty, lo=0.0)
         _check_float("candidate_weight", self.candidate_weight, lo=0.0)
+        _check_float("cost_penalty", self.cost_penalty, lo=0.0)
+        _check_float("candidate_tolerance", self.candidate_tolerance, lo=0.0)
         n = self.candidate_actions
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"candidate_actions must be an integer >= 0, got {n!r}")

@@ -142,11 +142,28 @@ def reward_value_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) 
     return loss, {"reward_v_loss": loss, "reward_v": v.mean()}
 
 
+def penalized_rewards(batch: Batch, config: SafeFQLConfig) -> Array:
+    """``r - kappa * sum_i gamma^i 1[h_i > 0]`` (``kappa = cost_penalty``), summed like the k-step rewards.
+
+    ``h_i`` are the margins of the states the rewards were collected in (``s_t .. s_{t+k-1}``), so each step
+    spent inside the failure set costs ``kappa``. A terminal block's padding repeats the terminal margin.
+    """
+    h = batch["h"] if batch["h"].ndim == 2 else batch["h"][:, None]
+    discounts = config.gamma ** jnp.arange(h.shape[1], dtype=h.dtype)
+    return batch["rewards"] - config.cost_penalty * jnp.sum((h > 0).astype(h.dtype) * discounts, axis=-1)
+
+
 def reward_critic_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) -> tuple[Array, Info]:
-    """``(r + gamma * mask * V_r(s') - Q_r^k(s, a))^2``, summed over members, mean over the batch."""
+    """``(r' + gamma * mask * V_r(s') - Q_r^k(s, a))^2``, summed over members, mean over the batch.
+
+    ``r' = r`` (the paper's reward critic), or with ``cost_penalty > 0`` the reward less ``kappa`` per step
+    inside the failure set: Q_r then ranks the detour above the path through a hazard, which the gate
+    alone only blocks once the hazard is close.
+    """
     next_v = _v(agent.reward_v, batch["next_observations"])
     discount = config.gamma ** _repeat(batch)  # k-step held-action batches carry discounted reward sums
-    y = jax.lax.stop_gradient(batch["rewards"] + discount * batch["masks"] * next_v)
+    rewards = penalized_rewards(batch, config) if config.cost_penalty > 0 else batch["rewards"]
+    y = jax.lax.stop_gradient(rewards + discount * batch["masks"] * next_v)
     q = _q_all(agent.reward_q, batch["observations"], batch["actions"])
     loss = jnp.mean(jnp.sum((q - y[..., None]) ** 2, axis=-1))
     return loss, {"reward_q_loss": loss, "reward_q": q.mean(), "reward_q_target": y.mean()}
@@ -194,7 +211,12 @@ def flow_loss(
 
 
 def best_candidate_actions(
-    agent: SafeFQLAgent, obs: Array, actions: Array, key: PRNGKeyArray, config: SafeFQLConfig
+    agent: SafeFQLAgent,
+    obs: Array,
+    actions: Array,
+    key: PRNGKeyArray,
+    config: SafeFQLConfig,
+    action_q: tuple[Array, Array] | None = None,
 ) -> Array:
     """Per state, the best of ``actions`` and ``candidate_actions`` uniform draws from the box, by the
     actor's own gate: the highest ``Q_r`` among those with ``Q_h + margin <= 0``, else the lowest ``Q_h``.
@@ -203,17 +225,29 @@ def best_candidate_actions(
     blocked, ``-grad Q_r`` and ``grad Q_h`` point along one line and the actor settles between them (on the
     boat, parked beside a rock). A sampled search over the whole box finds the feasible detour; the actor
     regresses onto it during training only, so deployment stays one network call. No gradient flows out.
+    ``action_q = (Q_h, Q_r)`` of ``actions``, when the caller has them, saves scoring them again.
     """
     n = config.candidate_actions
+    actions = jax.lax.stop_gradient(actions)
     drawn = jax.random.uniform(key, actions.shape[:-1] + (n, actions.shape[-1]), actions.dtype, -1.0, 1.0)
-    cand = jnp.concatenate([drawn, jax.lax.stop_gradient(actions)[..., None, :]], axis=-2)  # (B, n + 1, A)
-    obs_c = jnp.broadcast_to(obs[..., None, :], cand.shape[:-1] + obs.shape[-1:])
-    q_h = _q_all(agent.safety_q, obs_c, cand).max(-1)
-    q_r = _q_all(agent.reward_q, obs_c, cand).min(-1)
+    obs_c = jnp.broadcast_to(obs[..., None, :], drawn.shape[:-1] + obs.shape[-1:])
+    if action_q is None:
+        action_q = (safety_q_value(agent, obs, actions), reward_q_value(agent, obs, actions))
+    own_h, own_r = jax.lax.stop_gradient(action_q)
+    cand = jnp.concatenate([drawn, actions[..., None, :]], axis=-2)  # (B, n + 1, A)
+    q_h = jnp.concatenate([_q_all(agent.safety_q, obs_c, drawn).max(-1), own_h[..., None]], axis=-1)
+    q_r = jnp.concatenate([_q_all(agent.reward_q, obs_c, drawn).min(-1), own_r[..., None]], axis=-1)
     feasible = q_h + config.safety_margin <= 0
-    pick = jnp.where(
-        feasible.any(-1), jnp.argmax(jnp.where(feasible, q_r, -jnp.inf), -1), jnp.argmin(q_h, -1)
-    )
+    if config.candidate_tolerance > 0:  # static: slide along the boundary instead of straight back
+        safest = q_h.min(-1, keepdims=True)
+        # ... but only while the slide stays at least half the margin inside the safe side of Q_h = 0.
+        cap = -config.safety_margin / 2
+        limit = jnp.maximum(safest, jnp.minimum(safest + config.candidate_tolerance, cap))
+        near_safest = q_h <= limit
+        fallback = jnp.argmax(jnp.where(near_safest, q_r, -jnp.inf), -1)
+    else:
+        fallback = jnp.argmin(q_h, -1)
+    pick = jnp.where(feasible.any(-1), jnp.argmax(jnp.where(feasible, q_r, -jnp.inf), -1), fallback)
     best = jnp.take_along_axis(cand, pick[..., None, None], axis=-2)[..., 0, :]
     return jax.lax.stop_gradient(best)
 
@@ -252,7 +286,7 @@ def actor_loss(
     reward_term = gate * (-q_r) * scale
     safety_term = (1.0 - gate) * config.w_safe * jax.nn.relu(q_h_margin)
     if config.candidate_actions > 0:
-        best = best_candidate_actions(frozen, obs, a_mu, candidate_key, config)
+        best = best_candidate_actions(frozen, obs, a_mu, candidate_key, config, (q_h, q_r))
         candidate = jnp.mean(jnp.sum((a_mu - best) ** 2, axis=-1))
     else:
         candidate = None

@@ -94,6 +94,7 @@ class TrainResult:
     wall_time_s: float = 0.0
     eval_time_s: float = 0.0
     final_losses: dict[str, float] = field(default_factory=dict)
+    reused: bool = False  # True: train(reuse=True) returned this finished run instead of training
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""
@@ -406,6 +407,47 @@ def _compiled(fn: Any, args: tuple) -> tuple[Callable, float]:
 
 
 # --------------------------------------------------------------------------------------------- train
+def finished_run(
+    run_dir: str | os.PathLike,
+    config: Any,
+    *,
+    steps: int | None,
+    seeds: int,
+    seed: int,
+    dataset_id: str | None,
+    calib_fraction: float | None = None,
+) -> TrainResult | None:
+    """The finished run in ``run_dir`` if ``train`` with these arguments would make the same one, else None.
+
+    Reads the run's ``summary.json`` and its first policy header: same updates, seeds, seed, dataset,
+    config (keys added to ``SafeFQLConfig`` since the run take their defaults) and held-out fraction.
+    Benchmarks use it to evaluate a long run again without training it again.
+    """
+    from safefql.training.config import SafeFQLConfig
+
+    run_dir = Path(run_dir)
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+        paths = [Path(p) for p in summary["policy_paths"]]
+        header = read_header(paths[0])
+        same_config = SafeFQLConfig.from_dict(header["config"]) == config
+    except (FileNotFoundError, KeyError, IndexError, TypeError, ValueError):
+        return None
+    want = {"steps": steps or config.num_updates, "num_seeds": seeds, "seed": seed, "dataset_id": dataset_id}
+    if not same_config or any(summary.get(k) != v for k, v in want.items()) or len(paths) != seeds:
+        return None
+    split = header.get("split") or {}
+    if calib_fraction is not None and split.get("calib_fraction") != calib_fraction:
+        return None
+    if not all(p.is_file() for p in paths):
+        return None
+    fields = set(TrainResult.__dataclass_fields__)
+    kwargs = {k: v for k, v in summary.items() if k in fields}
+    kwargs |= {"run_dir": Path(summary["run_dir"]), "policy_paths": paths}
+    kwargs["train_state_path"] = Path(summary["train_state_path"])
+    return TrainResult(**kwargs)
+
+
 def train(
     data: str | Any,
     *,
@@ -419,6 +461,7 @@ def train(
     eval_episodes: int = 10,
     resume: bool = False,
     overwrite: bool = False,
+    reuse: bool = False,
     progress: bool = True,
 ) -> TrainResult:
     """Train SafeFQL on a dataset id (or a ``Transitions``) and write a run directory (module docstring).
@@ -429,7 +472,9 @@ def train(
     saved for ``safefql calibrate``. ``eval_every`` (updates; None: about 10 evaluations per run, 0: only
     at the end) and ``eval_episodes`` (0 disables evaluation) control evaluation, which runs when the
     dataset's env id is registered. ``resume=True`` continues the run in ``out_dir`` exactly; an existing
-    run is otherwise refused unless ``overwrite=True``. Raises :class:`TrainingDivergedError` on NaN/inf.
+    run is otherwise refused unless ``overwrite=True``. ``reuse=True`` returns the finished run in ``out_dir``
+    without training when this call would make the same one (:func:`finished_run`; its evaluation is the
+    run's own). Raises :class:`TrainingDivergedError` on NaN/inf.
     """
     from safefql.training import safefql as sf
     from safefql.training.config import SafeFQLConfig, default_config
@@ -453,8 +498,11 @@ def train(
     state_path = run_dir / TRAIN_STATE_FILE
     if resume and not state_path.is_file():
         raise FileNotFoundError(f"cannot resume: no {TRAIN_STATE_FILE} in {run_dir}")
-    if not resume and not overwrite and state_path.exists():
-        raise ValueError(f"{run_dir} already holds a training run; pass resume=True or overwrite=True")
+    if resume and reuse:
+        raise ValueError("resume=True continues a run, reuse=True returns a finished one: pass only one")
+    refuse = f"{run_dir} already holds a training run; pass resume=True or overwrite=True"
+    if not resume and not overwrite and not reuse and state_path.exists():
+        raise ValueError(refuse)
 
     # ---- data
     if isinstance(data, str | os.PathLike):
@@ -467,6 +515,21 @@ def train(
         dataset_id = (getattr(transitions, "metadata", None) or {}).get("dataset_id")
     metadata = dict(getattr(transitions, "metadata", None) or {})
     env_id = metadata.get("env_id")
+    if reuse:
+        found = finished_run(
+            run_dir,
+            config or default_config(env_id or ""),
+            steps=steps,
+            seeds=seeds,
+            seed=seed,
+            dataset_id=dataset_id,
+            calib_fraction=calib_fraction,
+        )
+        if found is not None:
+            found.reused = True
+            return found
+        if not overwrite and state_path.exists():
+            raise ValueError(refuse.replace("a training run", "a training run of another call"))
     if calib_fraction > 0:
         from safefql.datasets.load import split_episodes
 
@@ -709,6 +772,7 @@ __all__ = [
     "TrainResult",
     "TrainingDivergedError",
     "evaluate_policy",
+    "finished_run",
     "load_calib_episodes",
     "save_calib_episodes",
     "plot_training_curves",
