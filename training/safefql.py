@@ -225,7 +225,9 @@ def best_candidate_actions(
     blocked, ``-grad Q_r`` and ``grad Q_h`` point along one line and the actor settles between them (on the
     boat, parked beside a rock). A sampled search over the whole box finds the feasible detour; the actor
     regresses onto it during training only, so deployment stays one network call. No gradient flows out.
-    ``action_q = (Q_h, Q_r)`` of ``actions``, when the caller has them, saves scoring them again.
+    ``action_q = (Q_h, Q_r)`` of ``actions``, when the caller has them, saves scoring them again. With
+    ``candidate_tolerance > 0`` the "else" is the highest ``Q_r`` among those within the tolerance of the
+    lowest ``Q_h`` (capped at ``Q_h <= -margin / 2``).
     """
     n = config.candidate_actions
     actions = jax.lax.stop_gradient(actions)
