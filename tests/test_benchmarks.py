@@ -325,3 +325,10 @@ def test_bench_safety_gym_shield_target_needs_the_agent_to_act():
     target = sg.shield_cost_target(shield, list(shield))
     assert target["met"] and target["met_by"] == ["actor_delta_0"]
     assert target["interventions_delta_0"] == 0.7
+
+
+def test_bench_safety_gym_rejects_unknown_shield_fallbacks(capsys):
+    sg = _load("bench_safety_gym")
+    with pytest.raises(SystemExit):
+        sg.main(["--quick", "--shield-fallbacks", "nearest,teleport"])
+    assert "--shield-fallbacks must come from" in capsys.readouterr().err

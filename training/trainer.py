@@ -500,9 +500,8 @@ def train(
         raise FileNotFoundError(f"cannot resume: no {TRAIN_STATE_FILE} in {run_dir}")
     if resume and reuse:
         raise ValueError("resume=True continues a run, reuse=True returns a finished one: pass only one")
-    refuse = f"{run_dir} already holds a training run; pass resume=True or overwrite=True"
     if not resume and not overwrite and not reuse and state_path.exists():
-        raise ValueError(refuse)
+        raise ValueError(f"{run_dir} already holds a training run; pass resume=True or overwrite=True")
 
     # ---- data
     if isinstance(data, str | os.PathLike):
@@ -529,7 +528,9 @@ def train(
             found.reused = True
             return found
         if not overwrite and state_path.exists():
-            raise ValueError(refuse.replace("a training run", "a training run of another call"))
+            raise ValueError(
+                f"{run_dir} already holds a training run of another call; pass resume=True or overwrite=True"
+            )
     if calib_fraction > 0:
         from safefql.datasets.load import split_episodes
 
