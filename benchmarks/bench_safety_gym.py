@@ -35,7 +35,9 @@ in memory (``h = K if cost > 0 else -1``, for every method; the HJ critic's hori
 gamma 0.99 a state K-unsafe k steps ahead has a positive value while ``K 0.99^k > 1 - 0.99^k``, i.e. about
 324 steps for K = 25 and 69 for K = 1); ``--switch-every N`` collects a prototype dataset whose behaviour
 policy is re-drawn from the mixture every N steps inside each episode (``collect`` draws one per episode),
-so that safe continuations exist from the states the reward-greedy policies visit.
+so that safe continuations exist from the states the reward-greedy policies visit; ``--action-hold K``
+collects with every behaviour decision held for K steps (``collect(action_hold=K)``, as the boat data), so
+that critics trained with ``--set action_repeat=K`` see K-step held-action transitions.
 
 Prints rich tables and writes ``benchmarks/results/safety_gym.json`` (atomic; results of each env are merged
 into an existing file, so tasks can be run one at a time) with every number, the sizes, the command and the
@@ -428,8 +430,14 @@ def stage_data(env_id: str, args: Any, console: Any) -> tuple[Any, dict[str, Any
     mixture = args.mixture or DEFAULT_SAFETY_GYM_MIXTURE
     name = env_id.replace("Gymnasium-v0", "").replace("Safety", "")
     switch = f"-sw{args.switch_every}" if args.switch_every else ""
-    dataset_id = f"bench/{name}-mix{args.episodes}{switch}-s{args.data_seed}-v0"
-    report: dict[str, Any] = {"dataset_id": dataset_id, "mixture": mixture, "episodes": args.episodes}
+    hold = f"-hold{args.action_hold}" if args.action_hold > 1 else ""
+    dataset_id = f"bench/{name}-mix{args.episodes}{switch}{hold}-s{args.data_seed}-v0"
+    report: dict[str, Any] = {
+        "dataset_id": dataset_id,
+        "mixture": mixture,
+        "episodes": args.episodes,
+        "action_hold": args.action_hold,
+    }
     reused = args.reuse_data and dataset_path(dataset_id).exists()
     if reused:
         console.print(f"[dim]reusing dataset {dataset_id} at {dataset_path(dataset_id)}[/dim]")
@@ -440,7 +448,14 @@ def stage_data(env_id: str, args: Any, console: Any) -> tuple[Any, dict[str, Any
         console.print(f"[dim]collected {dataset_id}: {json.dumps(report['collection'])}[/dim]")
     else:
         summary = collect(
-            env_id, mixture, args.episodes, args.data_seed, dataset_id, overwrite=True, progress=args.progress
+            env_id,
+            mixture,
+            args.episodes,
+            args.data_seed,
+            dataset_id,
+            overwrite=True,
+            progress=args.progress,
+            action_hold=args.action_hold,
         )
         console.print(summary.table())
         report["collection"] = {
@@ -909,6 +924,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--switch-every", type=int, default=0, help="prototype data: re-draw the policy every N steps"
     )
+    parser.add_argument(
+        "--action-hold", type=int, default=1, help="behaviour decisions held for K steps in the data"
+    )
     parser.add_argument("--kappa", type=float, default=None, help="relabel h = kappa if cost > 0 else -1")
     parser.add_argument("--tag", default="", help="store the results under '<env id> [<tag>]' (variants)")
     parser.add_argument("--quick", action="store_true", help="tiny everything: a smoke run")
@@ -939,6 +957,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in ("episodes", "steps", "baseline_steps", "seeds", "eval_episodes", "shield_episodes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.action_hold < 1:
+        parser.error("--action-hold must be >= 1")
+    if args.action_hold > 1 and args.switch_every:
+        parser.error("--action-hold and --switch-every cannot be combined (switching holds no action)")
     if args.episodes < 2:
         parser.error("--episodes must be >= 2 (one episode is held out for calibration)")
     args.envs = [ENV_ALIASES.get(e.strip().lower(), e.strip()) for e in args.envs.split(",") if e.strip()]
@@ -998,6 +1020,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "kappa",
             "tag",
             "switch_every",
+            "action_hold",
         )
     }
     existing: dict[str, Any] = {}

@@ -455,7 +455,8 @@ def render_safety_gym(d: dict[str, Any]) -> list[str]:
     if not isinstance(envs, dict) or not envs:
         return render_generic(d)
     lines: list[str] = []
-    for env_id, e in sorted(envs.items()):
+    # "<env> [tag]" keys: a tag sorts before its own variants ("[hold10]" before "[hold10-kappa1]")
+    for env_id, e in sorted(envs.items(), key=lambda item: item[0].rstrip("]")):
         if not isinstance(e, dict):
             continue
         lines += [f"#### {env_id}", ""]

@@ -313,6 +313,20 @@ def test_make_readme_renders_each_shield_fallback(tmp_path):
     assert "| shielded (delta_0) | actor | 0 | 5.00 | 10.00 | 0.50 | 50.0% | 0.250 |" in text
 
 
+def test_make_readme_puts_a_tag_before_its_variants(tmp_path):
+    mr = _load("make_readme")
+    results, readme = tmp_path / "results", tmp_path / "README.md"
+    results.mkdir()
+    readme.write_text(README_TEXT)
+    env = "SafetyCarGoal1Gymnasium-v0"
+    keys = [f"{env} [hold10-kappa1]", f"{env} [relu128]", f"{env} [hold10]", env]
+    _write(results / "safety_gym.json", {"envs": {k: {"env_id": env} for k in keys}})
+    assert mr.main(["--results-dir", str(results), "--readme", str(readme)]) == 0
+    heads = [line for line in readme.read_text().splitlines() if line.startswith("#### ")]
+    order = (env, f"{env} [hold10]", f"{env} [hold10-kappa1]", f"{env} [relu128]")
+    assert heads == [f"#### {k}" for k in order]
+
+
 def test_bench_safety_gym_shield_target_needs_the_agent_to_act():
     sg = _load("bench_safety_gym")
     shield = {
@@ -332,3 +346,17 @@ def test_bench_safety_gym_rejects_unknown_shield_fallbacks(capsys):
     with pytest.raises(SystemExit):
         sg.main(["--quick", "--shield-fallbacks", "nearest,teleport"])
     assert "--shield-fallbacks must come from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--action-hold", "0"], "--action-hold must be >= 1"),
+        (["--action-hold", "5", "--switch-every", "100"], "--action-hold and --switch-every cannot be"),
+    ],
+)
+def test_bench_safety_gym_rejects_bad_action_hold(capsys, flags, message):
+    sg = _load("bench_safety_gym")
+    with pytest.raises(SystemExit):
+        sg.main(["--quick", *flags])
+    assert message in capsys.readouterr().err
