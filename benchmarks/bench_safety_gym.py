@@ -954,11 +954,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.shield_episodes = args.eval_episodes
     if q and args.eval_max_steps is None:
         args.eval_max_steps = 200
-    for name in ("episodes", "steps", "baseline_steps", "seeds", "eval_episodes", "shield_episodes"):
+    for name in (
+        "episodes",
+        "steps",
+        "baseline_steps",
+        "seeds",
+        "eval_episodes",
+        "shield_episodes",
+        "action_hold",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.action_hold < 1:
-        parser.error("--action-hold must be >= 1")
     if args.action_hold > 1 and args.switch_every:
         parser.error("--action-hold and --switch-every cannot be combined (switching holds no action)")
     if args.episodes < 2:
