@@ -4,8 +4,10 @@ Replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->`
 subsection per benchmark JSON that exists (envs, collect, boat, latency, shield, safety_gym); a missing one
 gets a line naming the command that produces it. Each table states the command that reproduces it and the
 machine it ran on (both read from the JSON), and PNGs in the results folder are linked where they exist.
+Safety-Gymnasium runs stored under a tag (variants of a task's main run) get one summary row each in the
+README; their full tables go to ``docs/safety_gym_variants.md``, which is generated too.
 Every number comes from the JSON files; missing keys render as ``n/a``. The output depends only on those
-files, so ``--check`` can tell whether the README is stale (exit 1) without rewriting it::
+files, so ``--check`` can tell whether the README or the variants page is stale (exit 1) without writing::
 
     uv run python benchmarks/make_readme.py            # rewrite the section (atomically)
     uv run python benchmarks/make_readme.py --check    # exit 1 if the section differs from what it writes
@@ -449,143 +451,276 @@ def _pm_plain(agg: Any, key: str, spec: str) -> str:
     return _f(mean, spec) + (f" ± {_f(std, spec)}" if several and _num(std) is not None else "")
 
 
-def render_safety_gym(d: dict[str, Any]) -> list[str]:
-    """One block per task: command, machine, evaluation (normalised), training, shield."""
+def render_safety_gym_entry(key: str, e: dict[str, Any]) -> list[str]:
+    """The full block of one run: command, machine, data, evaluation (normalised), training, shield."""
+    lines = [f"#### {key}", ""]
+    if isinstance(e.get("command"), str):
+        lines.append(f"Reproduce: `{e['command']}`  ")
+    lines += [machine_line(e), ""]
+    if e.get("error"):
+        lines += [f"Failed: {_cell(e['error'])}", ""]
+        return lines
+    data = _get(e, "data", default={}) or {}
+    if isinstance(data, dict) and data.get("transitions") is not None:
+        cost = _get(data, "episode_cost", default={}) or {}
+        collected = _get(data, "collection", "seconds")
+        if not data.get("reused"):
+            how = f"collected in {_f(collected, ',.0f')} s"
+        elif isinstance(collected, int | float):  # carried over from the run that collected it
+            how = f"reused; collected in {_f(collected, ',.0f')} s by an earlier run"
+        else:
+            how = "reused"
+        lines += [
+            f"Data: `{_cell(data.get('dataset_id'))}`, {_f(data.get('num_episodes'), ',.0f')} episodes, "
+            f"{_f(data.get('transitions'), ',.0f')} transitions ({how}); episode cost mean "
+            f"{_f(_get(cost, 'mean'), '.2f')}, median {_f(_get(cost, 'median'), '.1f')}, max "
+            f"{_f(_get(cost, 'max'), '.0f')}; episodes with cost "
+            f"{_f(_get(cost, 'fraction_with_cost'), '.2f')}, over the cost limit "
+            f"{_f(_get(cost, 'fraction_over_cost_limit'), '.2f')}.",
+            "",
+        ]
+    norm = _get(e, "normalization", default={}) or {}
+    rows = []
+    evaluation = _get(e, "evaluation", default={}) or {}
+    for name, m in (_get(evaluation, "methods", default={}) or {}).items():
+        a = _get(m, "aggregate", default={})
+        rows.append(
+            [
+                _get(m, "label", default=name),
+                _f(_get(a, "seeds"), ".0f"),
+                _pm_plain(a, "return", ".2f"),
+                _pm_plain(a, "cost", ".2f"),
+                _pm_plain(a, "r_norm", ".3f"),
+                _pm_plain(a, "c_norm", ".3f"),
+                _pm_plain(a, "violation_rate", ".2f"),
+            ]
+        )
+    for name, a in (_get(evaluation, "references", default={}) or {}).items():
+        rows.append(
+            [
+                f"scripted {name}",
+                "-",
+                _f(_get(a, "return"), ".2f"),
+                _f(_get(a, "cost"), ".2f"),
+                _f(_get(a, "r_norm"), ".3f"),
+                _f(_get(a, "c_norm"), ".3f"),
+                _f(_get(a, "violation_rate"), ".2f"),
+            ]
+        )
+    if rows:
+        lines += [
+            f"Policy mode, {_f(evaluation.get('episodes_per_seed'), '.0f')} episodes per seed, the same "
+            f"seeded starts for every method; r_norm = (R - {_f(norm.get('r_min'), '.2f')}) / "
+            f"({_f(norm.get('r_max'), '.2f')} - {_f(norm.get('r_min'), '.2f')}) (dataset min/max episode "
+            f"return), c_norm = C / {_f(norm.get('cost_limit'), 'g')}.",
+            "",
+        ]
+        headers = ["method", "seeds", "return", "cost", "r_norm", "c_norm", "violation rate"]
+        lines += md_table(headers, rows) + [""]
+    rows = []
+    for name, t in (_get(e, "training", default={}) or {}).items():
+        if not isinstance(t, dict):
+            continue
+        if "skipped" in t:
+            rows.append([name, "skipped", "", ""])
+            continue
+        rows.append(
+            [
+                name,
+                _f(t.get("steps"), ".0f"),
+                _f(t.get("updates_per_s"), ",.1f"),
+                _f(t.get("wall_time_s"), ",.0f"),
+            ]
+        )
+    if rows:
+        lines += md_table(["training", "updates", "updates/s", "wall (s)"], rows) + [""]
+    shield = _get(e, "shield", default={}) or {}
+    if isinstance(shield.get("alone"), dict):
+        a = shield["alone"]
+        rows = [
+            [
+                "agent alone",
+                "-",
+                "-",
+                _f(a.get("return"), ".2f"),
+                _f(a.get("cost"), ".2f"),
+                _f(a.get("violation_rate"), ".2f"),
+                "-",
+                "-",
+            ]
+        ]
+        for variant in ("delta_0", "calibrated", "actor_delta_0", "actor_calibrated"):
+            v = shield.get(variant)
+            if isinstance(v, dict):
+                red = _num(v.get("cost_reduction"))
+                rows.append(
+                    [
+                        f"shielded ({variant.removeprefix('actor_')})",
+                        _cell(v.get("fallback", "nearest")),
+                        _f(v.get("delta"), ".3g"),
+                        _f(v.get("return"), ".2f"),
+                        _f(v.get("cost"), ".2f"),
+                        _f(v.get("violation_rate"), ".2f"),
+                        "n/a" if red is None else f"{100 * red:.1f}%",
+                        _f(v.get("intervention_rate"), ".3f"),
+                    ]
+                )
+        lines += [
+            f"Shield: {_cell(shield.get('agent', 'n/a'))}, {_f(shield.get('episodes'), '.0f')} episodes.",
+            "",
+        ]
+        headers = [
+            "run",
+            "fallback",
+            "delta",
+            "return",
+            "cost",
+            "violation rate",
+            "cost reduction",
+            "interventions/step",
+        ]
+        lines += md_table(headers, rows, align="ll" + "r" * (len(headers) - 2)) + [""]
+    return lines
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    """``"<env> [tag]"`` -> ``("<env>", "tag")``; an untagged key has tag ``""``."""
+    env, sep, tag = key.partition(" [")
+    return env, tag.removesuffix("]") if sep else ""
+
+
+def _slug(title: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped (but ``-`` and ``_``), spaces to ``-``."""
+    kept = "".join(c for c in title.lower() if c.isalnum() or c in " -_")
+    return kept.replace(" ", "-")
+
+
+# settings that make a variant differ from its task's main run (overrides are listed one by one), with the
+# value that means "unchanged" when the main run predates the setting
+_VARIANT_SETTINGS = {
+    "episodes": None,
+    "steps": None,
+    "kappa": None,
+    "action_hold": 1,
+    "switch_every": 0,
+    "mixture": None,
+}
+
+
+def variant_changes(e: dict[str, Any], main: dict[str, Any] | None) -> str:
+    """What a variant's settings change with respect to the main run of its task (``key=value; ...``)."""
+    mine, base = _get(e, "settings", default={}) or {}, _get(main, "settings", default={}) or {}
+    if not isinstance(mine, dict):
+        return "n/a"
+    base = base if isinstance(base, dict) else {}
+    parts = [
+        f"{name}={_scalar(mine.get(name))}"
+        for name, unchanged in _VARIANT_SETTINGS.items()
+        if mine.get(name) not in (None, unchanged) and mine.get(name) != base.get(name, unchanged)
+    ]
+    over, base_over = mine.get("overrides") or {}, base.get("overrides") or {}
+    if isinstance(over, dict):
+        for name, value in over.items():
+            if not isinstance(base_over, dict) or base_over.get(name) != value:
+                shown = ",".join(map(str, value)) if isinstance(value, list) else _scalar(value)
+                parts.append(f"{name}={shown}")
+    return "; ".join(parts) if parts else "(same settings)"
+
+
+def best_acting_shield(shield: Any) -> str:
+    """The largest cost reduction among shield runs where the agent still acts (interventions < 1)."""
+    best: tuple[float, str] | None = None
+    for v in shield.values() if isinstance(shield, dict) else []:
+        if not isinstance(v, dict):
+            continue
+        red, rate = _num(v.get("cost_reduction")), _num(v.get("intervention_rate"))
+        if red is None or rate is None or rate >= 1.0:
+            continue
+        how = f"{_cell(v.get('fallback', 'nearest'))}, delta {_f(v.get('delta'), '.3g')}, {rate:.2f}"
+        text = f"{100 * red:.1f}% ({how})"
+        if best is None or red > best[0]:
+            best = (red, text)
+    return "n/a" if best is None else best[1]
+
+
+def render_safety_gym(d: dict[str, Any], variants_link: str = "docs/safety_gym_variants.md") -> list[str]:
+    """Per task: the main run in full, then one summary row per variant (full tables in ``variants_link``)."""
     envs = _get(d, "envs", default=None)
     if not isinstance(envs, dict) or not envs:
         return render_generic(d)
+    by_env: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, e in envs.items():
+        if isinstance(e, dict):
+            env, tag = _split_key(key)
+            by_env.setdefault(env, {})[tag] = e
     lines: list[str] = []
-    # "<env> [tag]" keys: a tag sorts before its own variants ("[hold10]" before "[hold10-kappa1]")
-    for env_id, e in sorted(envs.items(), key=lambda item: item[0].rstrip("]")):
-        if not isinstance(e, dict):
+    for env in sorted(by_env):
+        runs = by_env[env]
+        if "" in runs:
+            lines += render_safety_gym_entry(env, runs[""])
+        else:
+            lines += [f"#### {env}", ""]
+        tags = sorted(t for t in runs if t)  # a tag sorts before its own variants ("hold10", "hold10-kappa1")
+        if not tags:
             continue
-        lines += [f"#### {env_id}", ""]
-        if isinstance(e.get("command"), str):
-            lines.append(f"Reproduce: `{e['command']}`  ")
-        lines += [machine_line(e), ""]
-        if e.get("error"):
-            lines += [f"Failed: {_cell(e['error'])}", ""]
-            continue
-        data = _get(e, "data", default={}) or {}
-        if isinstance(data, dict) and data.get("transitions") is not None:
-            cost = _get(data, "episode_cost", default={}) or {}
-            collected = _get(data, "collection", "seconds")
-            if not data.get("reused"):
-                how = f"collected in {_f(collected, ',.0f')} s"
-            elif isinstance(collected, int | float):  # carried over from the run that collected it
-                how = f"reused; collected in {_f(collected, ',.0f')} s by an earlier run"
-            else:
-                how = "reused"
-            lines += [
-                f"Data: `{_cell(data.get('dataset_id'))}`, {_f(data.get('num_episodes'), ',.0f')} episodes, "
-                f"{_f(data.get('transitions'), ',.0f')} transitions ({how}); episode cost mean "
-                f"{_f(_get(cost, 'mean'), '.2f')}, median {_f(_get(cost, 'median'), '.1f')}, max "
-                f"{_f(_get(cost, 'max'), '.0f')}; episodes with cost "
-                f"{_f(_get(cost, 'fraction_with_cost'), '.2f')}, over the cost limit "
-                f"{_f(_get(cost, 'fraction_over_cost_limit'), '.2f')}.",
-                "",
-            ]
-        norm = _get(e, "normalization", default={}) or {}
         rows = []
-        evaluation = _get(e, "evaluation", default={}) or {}
-        for name, m in (_get(evaluation, "methods", default={}) or {}).items():
-            a = _get(m, "aggregate", default={})
+        for tag in tags:
+            e = runs[tag]
+            methods = _get(e, "evaluation", "methods", default={}) or {}
+            safefql = _get(methods, "safefql", "aggregate", default={})
+            others = [
+                f"{_get(m, 'label', default=name)} {_f(_get(m, 'aggregate', 'r_norm'), '.2f')} / "
+                f"{_f(_get(m, 'aggregate', 'c_norm'), '.2f')}"
+                for name, m in methods.items()
+                if name != "safefql"
+            ]
             rows.append(
                 [
-                    _get(m, "label", default=name),
-                    _f(_get(a, "seeds"), ".0f"),
-                    _pm_plain(a, "return", ".2f"),
-                    _pm_plain(a, "cost", ".2f"),
-                    _pm_plain(a, "r_norm", ".3f"),
-                    _pm_plain(a, "c_norm", ".3f"),
-                    _pm_plain(a, "violation_rate", ".2f"),
+                    f"[{tag}]({variants_link}#{_slug(f'{env} [{tag}]')})",
+                    "failed" if e.get("error") else variant_changes(e, runs.get("")),
+                    _f(_get(safefql, "seeds"), ".0f"),
+                    _pm_plain(safefql, "r_norm", ".3f"),
+                    _pm_plain(safefql, "c_norm", ".3f"),
+                    "; ".join(others) or "-",
+                    best_acting_shield(_get(e, "shield")),
                 ]
             )
-        for name, a in (_get(evaluation, "references", default={}) or {}).items():
-            rows.append(
-                [
-                    f"scripted {name}",
-                    "-",
-                    _f(_get(a, "return"), ".2f"),
-                    _f(_get(a, "cost"), ".2f"),
-                    _f(_get(a, "r_norm"), ".3f"),
-                    _f(_get(a, "c_norm"), ".3f"),
-                    _f(_get(a, "violation_rate"), ".2f"),
-                ]
-            )
-        if rows:
-            lines += [
-                f"Policy mode, {_f(evaluation.get('episodes_per_seed'), '.0f')} episodes per seed, the same "
-                f"seeded starts for every method; r_norm = (R - {_f(norm.get('r_min'), '.2f')}) / "
-                f"({_f(norm.get('r_max'), '.2f')} - {_f(norm.get('r_min'), '.2f')}) (dataset min/max episode "
-                f"return), c_norm = C / {_f(norm.get('cost_limit'), 'g')}.",
-                "",
-            ]
-            headers = ["method", "seeds", "return", "cost", "r_norm", "c_norm", "violation rate"]
-            lines += md_table(headers, rows) + [""]
-        rows = []
-        for name, t in (_get(e, "training", default={}) or {}).items():
-            if not isinstance(t, dict):
-                continue
-            if "skipped" in t:
-                rows.append([name, "skipped", "", ""])
-                continue
-            rows.append(
-                [
-                    name,
-                    _f(t.get("steps"), ".0f"),
-                    _f(t.get("updates_per_s"), ",.1f"),
-                    _f(t.get("wall_time_s"), ",.0f"),
-                ]
-            )
-        if rows:
-            lines += md_table(["training", "updates", "updates/s", "wall (s)"], rows) + [""]
-        shield = _get(e, "shield", default={}) or {}
-        if isinstance(shield.get("alone"), dict):
-            a = shield["alone"]
-            rows = [
-                [
-                    "agent alone",
-                    "-",
-                    "-",
-                    _f(a.get("return"), ".2f"),
-                    _f(a.get("cost"), ".2f"),
-                    _f(a.get("violation_rate"), ".2f"),
-                    "-",
-                    "-",
-                ]
-            ]
-            for variant in ("delta_0", "calibrated", "actor_delta_0", "actor_calibrated"):
-                v = shield.get(variant)
-                if isinstance(v, dict):
-                    red = _num(v.get("cost_reduction"))
-                    rows.append(
-                        [
-                            f"shielded ({variant.removeprefix('actor_')})",
-                            _cell(v.get("fallback", "nearest")),
-                            _f(v.get("delta"), ".3g"),
-                            _f(v.get("return"), ".2f"),
-                            _f(v.get("cost"), ".2f"),
-                            _f(v.get("violation_rate"), ".2f"),
-                            "n/a" if red is None else f"{100 * red:.1f}%",
-                            _f(v.get("intervention_rate"), ".3f"),
-                        ]
-                    )
-            lines += [
-                f"Shield: {_cell(shield.get('agent', 'n/a'))}, {_f(shield.get('episodes'), '.0f')} episodes.",
-                "",
-            ]
-            headers = [
-                "run",
-                "fallback",
-                "delta",
-                "return",
-                "cost",
-                "violation rate",
-                "cost reduction",
-                "interventions/step",
-            ]
-            lines += md_table(headers, rows, align="ll" + "r" * (len(headers) - 2)) + [""]
+        lines += [
+            f"Variants of this task (full tables and commands in [{variants_link}]({variants_link})):",
+            "",
+        ]
+        headers = [
+            "variant",
+            "changed from the main run",
+            "seeds",
+            "SafeFQL r_norm",
+            "SafeFQL c_norm",
+            "other methods (r_norm / c_norm)",
+            "best shield cost reduction with interventions < 1 (fallback, delta, interventions/step)",
+        ]
+        lines += md_table(headers, rows, align="llrrrll") + [""]
+    return lines
+
+
+def render_safety_gym_variants(d: dict[str, Any]) -> list[str] | None:
+    """The full tables of every tagged Safety-Gymnasium run (``None`` when there is none)."""
+    envs = _get(d, "envs", default=None)
+    if not isinstance(envs, dict):
+        return None
+    tagged = sorted((k for k, e in envs.items() if _split_key(k)[1] and isinstance(e, dict)), key=_split_key)
+    if not tagged:
+        return None
+    lines = [
+        "# Safety-Gymnasium variants",
+        "",
+        f"Generated by `{SELF_COMMAND}` from `benchmarks/results/safety_gym.json`; do not edit by hand. "
+        "These are the runs stored under a tag (`bench_safety_gym.py --tag`): one change each to the data "
+        "or the settings of a task's main run, which is in the README with a summary row per variant. Each "
+        "table names the command that reproduces it and the machine it ran on.",
+        "",
+    ]
+    for key in tagged:
+        lines += render_safety_gym_entry(key, envs[key])
     return lines
 
 
@@ -622,9 +757,14 @@ def _rel(path: Path, base: Path) -> str:
     return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
 
 
-def render_section(results_dir: Path, readme: Path) -> str:
+def default_variants_doc(readme: Path) -> Path:
+    return readme.parent / "docs" / "safety_gym_variants.md"
+
+
+def render_section(results_dir: Path, readme: Path, variants_doc: Path | None = None) -> str:
     """The markdown between the markers (without them), from whatever JSON exists in ``results_dir``."""
     base = readme.parent
+    variants_link = _rel(variants_doc or default_variants_doc(readme), base)
     pngs = sorted(results_dir.glob("*.png")) if results_dir.is_dir() else []
     claimed: set[Path] = set()
     out = [
@@ -652,7 +792,7 @@ def render_section(results_dir: Path, readme: Path) -> str:
         else:
             out += [f"Reproduce: `{command}` (options per task below).", ""]
         try:
-            out += render(d)
+            out += render_safety_gym(d, variants_link) if name == "safety_gym" else render(d)
         except Exception as e:  # noqa: BLE001 - a malformed file must not break the whole README
             out += [f"(`{name}.json` has an unexpected layout: {type(e).__name__}: {_cell(e)})"]
         out.append("")
@@ -672,6 +812,16 @@ def render_section(results_dir: Path, readme: Path) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def render_variants_doc(results_dir: Path) -> str | None:
+    """The whole variants page, or ``None`` when ``safety_gym.json`` is missing, unreadable or has no tag."""
+    try:
+        d = json.loads((results_dir / "safety_gym.json").read_text())
+        lines = render_safety_gym_variants(d) if isinstance(d, dict) else None
+    except (ValueError, OSError):
+        return None
+    return None if lines is None else "\n".join(lines).rstrip() + "\n"
+
+
 def splice(text: str, section: str) -> str:
     """``text`` with the part between the markers replaced by ``section``; ValueError without markers."""
     i, j = text.find(START), text.find(END)
@@ -685,30 +835,45 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help="folder of benchmark JSON")
     parser.add_argument("--readme", type=Path, default=DEFAULT_README, help="README to update")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the section is stale; write nothing")
+    parser.add_argument(
+        "--variants-doc",
+        type=Path,
+        default=None,
+        help="page of the tagged Safety-Gym runs (default: docs/ by the README)",
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if anything is stale; write nothing")
     args = parser.parse_args(argv)
     from safefql._io import atomic_write_text
 
     if not args.readme.is_file():
         print(f"README not found: {args.readme}", file=sys.stderr)
         return 2
+    doc_path = args.variants_doc or default_variants_doc(args.readme)
     text = args.readme.read_text()
     try:
-        new = splice(text, render_section(args.results_dir, args.readme))
+        new = splice(text, render_section(args.results_dir, args.readme, doc_path))
     except ValueError as e:
         print(f"{args.readme}: {e}", file=sys.stderr)
         return 2
+    targets = [(args.readme, text, new)]
+    doc = render_variants_doc(args.results_dir)
+    if doc is not None:
+        targets.append((doc_path, doc_path.read_text() if doc_path.is_file() else None, doc))
+    stale = [path for path, old, fresh in targets if old != fresh]
     if args.check:
-        if new != text:
-            print(f"{args.readme}: the results section is stale; run `{SELF_COMMAND}`", file=sys.stderr)
+        for path in stale:
+            print(f"{path}: stale; run `{SELF_COMMAND}`", file=sys.stderr)
+        if stale:
             return 1
-        print(f"{args.readme}: the results section is up to date")
+        print(", ".join(str(path) for path, _, _ in targets) + ": up to date")
         return 0
-    if new != text:
-        atomic_write_text(args.readme, new)
-        print(f"updated the results section of {args.readme}")
-    else:
-        print(f"{args.readme}: already up to date")
+    for path, _, fresh in targets:
+        if path in stale:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, fresh)
+            print(f"updated {path}")
+        else:
+            print(f"{path}: already up to date")
     return 0
 
 

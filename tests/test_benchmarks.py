@@ -313,18 +313,63 @@ def test_make_readme_renders_each_shield_fallback(tmp_path):
     assert "| shielded (delta_0) | actor | 0 | 5.00 | 10.00 | 0.50 | 50.0% | 0.250 |" in text
 
 
-def test_make_readme_puts_a_tag_before_its_variants(tmp_path):
+def test_make_readme_summarises_variants_and_writes_their_tables_to_docs(tmp_path):
     mr = _load("make_readme")
     results, readme = tmp_path / "results", tmp_path / "README.md"
     results.mkdir()
     readme.write_text(README_TEXT)
     env = "SafetyCarGoal1Gymnasium-v0"
-    keys = [f"{env} [hold10-kappa1]", f"{env} [relu128]", f"{env} [hold10]", env]
-    _write(results / "safety_gym.json", {"envs": {k: {"env_id": env} for k in keys}})
+    main = {"env_id": env, "settings": {"episodes": 150, "kappa": None, "overrides": {}}}
+    methods = {
+        "safefql": {
+            "aggregate": {"seeds": 3, "r_norm": 0.5, "r_norm_std": 0.1, "c_norm": 0.8, "c_norm_std": 0.2}
+        },
+        "bc_safe": {"label": "BC-safe", "aggregate": {"seeds": 3, "r_norm": 0.6, "c_norm": 1.1}},
+    }
+    shield = {
+        "actor_delta_0": {"fallback": "actor", "delta": 0.0, "cost_reduction": 0.5, "intervention_rate": 0.6},
+        "actor_calibrated": {
+            "fallback": "actor",
+            "delta": 25.0,
+            "cost_reduction": 0.9,
+            "intervention_rate": 1.0,
+        },
+    }
+    variant = {
+        "env_id": env,
+        "settings": {
+            "episodes": 600,
+            "kappa": None,
+            "action_hold": 1,
+            "overrides": {"critic_hidden": [128, 128]},
+        },
+        "evaluation": {"methods": methods},
+        "shield": shield,
+    }
+    keys = {
+        f"{env} [hold10-kappa1]": {"env_id": env},
+        f"{env} [mix600]": variant,
+        f"{env} [hold10]": {},
+        env: main,
+    }
+    _write(results / "safety_gym.json", {"envs": keys})
     assert mr.main(["--results-dir", str(results), "--readme", str(readme)]) == 0
-    heads = [line for line in readme.read_text().splitlines() if line.startswith("#### ")]
-    order = (env, f"{env} [hold10]", f"{env} [hold10-kappa1]", f"{env} [relu128]")
-    assert heads == [f"#### {k}" for k in order]
+    text, doc = readme.read_text(), (tmp_path / "docs" / "safety_gym_variants.md").read_text()
+    # the README keeps the main run's block and one row per variant; the variants' blocks go to the page
+    assert [line for line in text.splitlines() if line.startswith("#### ")] == [f"#### {env}"]
+    rows = [line for line in text.splitlines() if line.startswith("| [")]
+    assert [row.split("]")[0] for row in rows] == ["| [hold10", "| [hold10-kappa1", "| [mix600"]
+    link = "docs/safety_gym_variants.md#safetycargoal1gymnasium-v0-mix600"
+    expected = (
+        f"| [mix600]({link}) | episodes=600; critic_hidden=128,128 | 3 | 0.500 ± 0.100 | 0.800 ± 0.200 "
+        "| BC-safe 0.60 / 1.10 | 50.0% (actor, delta 0, 0.60) |"
+    )
+    assert expected in rows
+    heads = [line for line in doc.splitlines() if line.startswith("#### ")]
+    assert heads == [f"#### {env} [{tag}]" for tag in ("hold10", "hold10-kappa1", "mix600")]
+    assert mr.main(["--results-dir", str(results), "--readme", str(readme), "--check"]) == 0
+    (tmp_path / "docs" / "safety_gym_variants.md").write_text(doc + "edited by hand\n")
+    assert mr.main(["--results-dir", str(results), "--readme", str(readme), "--check"]) == 1
 
 
 def test_bench_safety_gym_shield_target_needs_the_agent_to_act():
