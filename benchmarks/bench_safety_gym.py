@@ -26,9 +26,11 @@ Per task (``--envs``, default SafetyPointGoal1Gymnasium-v0 and SafetyCarGoal1Gym
 (d) **shield**: the goal_lidar agent (steers at the goal, ignores hazards) alone vs wrapped in
     ``SafeFQLShield`` with seed 0's checkpoint, for each fallback in ``--shield-fallbacks`` (default both:
     "nearest" and "actor"), at ``delta = 0`` and at the offline conformal ``delta`` (``calibrate(ckpt,
-    "offline", eps=--eps)`` on the held-out episodes) when finite. Reported: episode-cost reduction (target
-    >= 80%), return change, intervention rate. ``--reuse-safefql`` evaluates a finished SafeFQL run of the
-    same config, seeds and dataset again (``trainer.finished_run``) instead of training it again.
+    "offline", eps=--eps)`` on the held-out episodes) when finite, plus each fixed ``--shield-deltas`` value
+    (a sweep of the trade-off between cost and interventions). Reported: episode-cost reduction (target
+    >= 80% while the agent still acts), return change, intervention rate. ``--reuse-safefql`` evaluates a
+    finished SafeFQL run of the same config, seeds and dataset again (``trainer.finished_run``) instead of
+    training it again.
 
 Variants (stored under ``"<env id> [<tag>]"`` with ``--tag``): ``--kappa K`` relabels the surrogate margin
 in memory (``h = K if cost > 0 else -1``, for every method; the HJ critic's horizon shrinks with K: with
@@ -785,7 +787,7 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
     n_sh = args.shield_episodes
     alone = run_episodes(make, goal_act, n_sh, EVAL_SEED, args.eval_max_steps)
     shield["alone"] = summarize(alone, r_min, r_max, args.cost_limit)
-    deltas = [("delta_0", 0.0)]
+    deltas = [(f"delta_{d:g}", d) for d in sorted({0.0, *args.shield_deltas})]
     if cal is not None and math.isfinite(cal.delta) and not args.no_calibrated_shield:
         deltas.append(("calibrated", float(cal.delta)))
     # "nearest" keeps the plain keys; other fallbacks are stored as "<fallback>_<variant>"
@@ -913,6 +915,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eps", type=float, default=0.1, help="offline calibration level for the shield")
     parser.add_argument("--no-calibrated-shield", action="store_true", help="skip the calibrated-delta run")
     parser.add_argument(
+        "--shield-deltas",
+        default="",
+        help="comma-separated fixed deltas to run the shield at too (0 always runs)",
+    )
+    parser.add_argument(
         "--shield-fallbacks", default="nearest,actor", help="shield fallbacks to run (nearest, actor)"
     )
     parser.add_argument(
@@ -979,6 +986,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.shield_fallbacks = [f.strip() for f in args.shield_fallbacks.split(",") if f.strip()]
     if not args.shield_fallbacks or any(f not in FALLBACKS for f in args.shield_fallbacks):
         parser.error(f"--shield-fallbacks must come from {FALLBACKS}")
+    try:
+        args.shield_deltas = [float(d) for d in args.shield_deltas.split(",") if d.strip()]
+    except ValueError:
+        parser.error(f"--shield-deltas must be comma-separated numbers, got {args.shield_deltas!r}")
+    if any(not math.isfinite(d) or d < 0 for d in args.shield_deltas):
+        parser.error(f"--shield-deltas must be finite and >= 0, got {args.shield_deltas}")
     args.references = [r.strip() for r in args.references.split(",") if r.strip()]
     if any(r not in REFERENCE_POLICIES for r in args.references):
         parser.error(f"--references must come from {REFERENCE_POLICIES}")

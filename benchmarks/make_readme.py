@@ -549,13 +549,14 @@ def render_safety_gym_entry(key: str, e: dict[str, Any]) -> list[str]:
                 "-",
             ]
         ]
-        for variant in ("delta_0", "calibrated", "actor_delta_0", "actor_calibrated"):
-            v = shield.get(variant)
-            if isinstance(v, dict):
+        # every shield run bench_safety_gym stored: "<variant>" (nearest fallback) or "<fallback>_<variant>"
+        for variant, v in shield.items():
+            if variant != "alone" and isinstance(v, dict) and "cost_reduction" in v:
+                fallback = str(v.get("fallback", "nearest"))
                 red = _num(v.get("cost_reduction"))
                 rows.append(
                     [
-                        f"shielded ({variant.removeprefix('actor_')})",
+                        f"shielded ({variant.removeprefix(f'{fallback}_')})",
                         _cell(v.get("fallback", "nearest")),
                         _f(v.get("delta"), ".3g"),
                         _f(v.get("return"), ".2f"),

@@ -304,6 +304,8 @@ def test_make_readme_renders_each_shield_fallback(tmp_path):
         "alone": {"return": 20.0, "cost": 40.0, "violation_rate": 0.9},
         "delta_0": run | {"delta": 0.0, "fallback": "nearest"},
         "actor_delta_0": run | {"delta": 0.0, "fallback": "actor", "cost_reduction": 0.5},
+        "actor_delta_5": run
+        | {"delta": 5.0, "fallback": "actor", "cost_reduction": 0.7},  # --shield-deltas 5
     }
     _write(results / "safety_gym.json", {"envs": {"SafetyCarGoal1Gymnasium-v0": {"shield": shield}}})
     assert mr.main(["--results-dir", str(results), "--readme", str(readme)]) == 0
@@ -311,6 +313,7 @@ def test_make_readme_renders_each_shield_fallback(tmp_path):
     assert "| run | fallback | delta |" in text and "| --- | --- | ---: |" in text
     assert "| shielded (delta_0) | nearest | 0 | 5.00 | 10.00 | 0.50 | 75.0% | 0.250 |" in text
     assert "| shielded (delta_0) | actor | 0 | 5.00 | 10.00 | 0.50 | 50.0% | 0.250 |" in text
+    assert "| shielded (delta_5) | actor | 5 | 5.00 | 10.00 | 0.50 | 70.0% | 0.250 |" in text
 
 
 def test_make_readme_summarises_variants_and_writes_their_tables_to_docs(tmp_path):
@@ -398,9 +401,11 @@ def test_bench_safety_gym_rejects_unknown_shield_fallbacks(capsys):
     [
         (["--action-hold", "0"], "--action-hold must be >= 1"),
         (["--action-hold", "5", "--switch-every", "100"], "--action-hold and --switch-every cannot be"),
+        (["--shield-deltas", "1,two"], "--shield-deltas must be comma-separated numbers"),
+        (["--shield-deltas", "2,-1"], "--shield-deltas must be finite and >= 0"),
     ],
 )
-def test_bench_safety_gym_rejects_bad_action_hold(capsys, flags, message):
+def test_bench_safety_gym_rejects_bad_flags(capsys, flags, message):
     sg = _load("bench_safety_gym")
     with pytest.raises(SystemExit):
         sg.main(["--quick", *flags])
