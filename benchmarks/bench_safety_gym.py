@@ -143,20 +143,24 @@ def baseline_configs(quick: bool) -> dict[str, Any]:
     return {"bc": bc, "bc_safe": bc, "fisor": fisor}
 
 
-def shield_cost_target(shield: dict[str, Any], variants: list[str]) -> dict[str, Any]:
-    """The >= 80% cost-reduction target over the shield runs ``variants`` (keys of ``shield``).
+# A shield run counts as filtering the agent only while the agent's own action is applied on at least 10%
+# of the steps. Near an intervention rate of 1 every action is the fallback's (on CarGoal1 delta = 2 gave
+# 0.99995: one of the agent's actions in 20,000 steps), so the run measures the SafeFQL policy instead.
+MAX_INTERVENTION_RATE = 0.9
 
-    Only a run in which some of the agent's own actions pass counts: at an intervention rate of 1 every
-    action is the fallback's, so the run measures the policy, not a filter of the agent.
-    """
+
+def shield_cost_target(shield: dict[str, Any], variants: list[str]) -> dict[str, Any]:
+    """The >= 80% cost-reduction target over the shield runs ``variants`` (keys of ``shield``); a run
+    counts only at an intervention rate <= ``MAX_INTERVENTION_RATE`` (the agent still acts)."""
     out: dict[str, Any] = {}
     met = []
     for v in variants:
         reduction, rate = shield[v]["cost_reduction"], shield[v]["intervention_rate"]
         out[f"value_{v}"], out[f"interventions_{v}"] = reduction, rate
-        if math.isfinite(reduction) and reduction >= 0.8 and rate < 1.0:
+        if math.isfinite(reduction) and reduction >= 0.8 and rate <= MAX_INTERVENTION_RATE:
             met.append(v)
-    return out | {"met_by": met, "met": bool(met), "rule": "reduction >= 0.8 with intervention rate < 1"}
+    rule = f"reduction >= 0.8 with intervention rate <= {MAX_INTERVENTION_RATE:g}"
+    return out | {"met_by": met, "met": bool(met), "rule": rule}
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:

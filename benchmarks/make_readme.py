@@ -628,14 +628,18 @@ def variant_changes(e: dict[str, Any], main: dict[str, Any] | None) -> str:
     return "; ".join(parts) if parts else "(same settings)"
 
 
+ACTING_MAX_INTERVENTIONS = 0.9  # bench_safety_gym.MAX_INTERVENTION_RATE (its JSON states the rule)
+
+
 def best_acting_shield(shield: Any) -> str:
-    """The largest cost reduction among shield runs where the agent still acts (interventions < 1)."""
+    """The largest cost reduction among shield runs where the agent still acts (interventions <= 0.9, the
+    rule of ``bench_safety_gym.MAX_INTERVENTION_RATE``)."""
     best: tuple[float, str] | None = None
     for v in shield.values() if isinstance(shield, dict) else []:
         if not isinstance(v, dict):
             continue
         red, rate = _num(v.get("cost_reduction")), _num(v.get("intervention_rate"))
-        if red is None or rate is None or rate >= 1.0:
+        if red is None or rate is None or rate > ACTING_MAX_INTERVENTIONS:
             continue
         how = f"{_cell(v.get('fallback', 'nearest'))}, delta {_f(v.get('delta'), '.3g')}, {rate:.2f}"
         text = f"{100 * red:.1f}% ({how})"
@@ -697,7 +701,7 @@ def render_safety_gym(d: dict[str, Any], variants_link: str = "docs/safety_gym_v
             "SafeFQL r_norm",
             "SafeFQL c_norm",
             "other methods (r_norm / c_norm)",
-            "best shield cost reduction with interventions < 1 (fallback, delta, interventions/step)",
+            "best shield cost reduction with interventions <= 0.9 (fallback, delta, interventions/step)",
         ]
         lines += md_table(headers, rows, align="llrrrll") + [""]
     return lines

@@ -381,8 +381,9 @@ def test_bench_safety_gym_shield_target_needs_the_agent_to_act():
         "delta_0": {"cost_reduction": -1.5, "intervention_rate": 0.7},
         "actor_delta_0": {"cost_reduction": 0.85, "intervention_rate": 0.6},
         "actor_calibrated": {"cost_reduction": 0.9, "intervention_rate": 1.0},  # the policy alone
+        "actor_delta_2": {"cost_reduction": 0.88, "intervention_rate": 0.99995},  # one agent action in 20,000
     }
-    target = sg.shield_cost_target(shield, ["delta_0", "actor_calibrated"])
+    target = sg.shield_cost_target(shield, ["delta_0", "actor_calibrated", "actor_delta_2"])
     assert not target["met"] and target["met_by"] == [] and target["value_actor_calibrated"] == 0.9
     target = sg.shield_cost_target(shield, list(shield))
     assert target["met"] and target["met_by"] == ["actor_delta_0"]
