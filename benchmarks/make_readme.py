@@ -610,9 +610,9 @@ _VARIANT_SETTINGS = {
 
 def variant_changes(e: dict[str, Any], main: dict[str, Any] | None) -> str:
     """What a variant's settings change with respect to the main run of its task (``key=value; ...``)."""
-    mine, base = _get(e, "settings", default={}) or {}, _get(main, "settings", default={}) or {}
+    mine, base = _get(e, "settings"), _get(main, "settings", default={}) or {}
     if not isinstance(mine, dict):
-        return "n/a"
+        return "n/a"  # not recorded
     base = base if isinstance(base, dict) else {}
     parts = [
         f"{name}={_scalar(mine.get(name))}"
