@@ -557,7 +557,7 @@ def render_safety_gym_entry(key: str, e: dict[str, Any]) -> list[str]:
                 rows.append(
                     [
                         f"shielded ({variant.removeprefix(f'{fallback}_')})",
-                        _cell(v.get("fallback", "nearest")),
+                        _cell(fallback),
                         _f(v.get("delta"), ".3g"),
                         _f(v.get("return"), ".2f"),
                         _f(v.get("cost"), ".2f"),
