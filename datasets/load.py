@@ -387,9 +387,10 @@ def held_action_transitions(t: Transitions, k: int, gamma: float) -> dict[str, n
     Per block starting at t: ``observations = s_t``, ``actions = a_t``, ``next_observations = s_{t+k}``,
     ``rewards = sum_i gamma^i r_{t+i}``, ``h = (h(s_t), ..., h(s_{t+k-1}))`` of shape (N, k) (the learner
     backs the HJ value up through all k margins), ``masks = 1 - terminal`` of the block's last step and
-    ``costs`` the block's largest cost. A block cut short by a terminal step is padded with the terminal
-    step's margin and reward 0 (the HJ backup of a terminal is its margin, so padding changes nothing); a
-    tail cut short by a truncation has no s_{t+k} and is dropped. ``k = 1`` gives the plain transitions.
+    ``costs`` the block's largest cost, ``episode_ids`` the block's episode. A block cut short by a
+    terminal step is padded with the terminal step's margin and reward 0 (the HJ backup of a terminal is
+    its margin, so padding changes nothing); a tail cut short by a truncation has no s_{t+k} and is
+    dropped. ``k = 1`` gives the plain transitions.
 
     Raises ValueError if an action changes inside a block: the data was not collected with held actions.
     """
@@ -434,6 +435,7 @@ def held_action_transitions(t: Transitions, k: int, gamma: float) -> dict[str, n
         "next_observations": t.next_observations[last],
         "masks": t.masks[last],
         "costs": t.costs[idx].max(axis=1),
+        "episode_ids": t.episode_ids[first],
     }
 
 

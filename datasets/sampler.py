@@ -12,7 +12,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "h", "next_observations", "masks")
-OPTIONAL_KEYS = ("costs",)
+OPTIONAL_KEYS = ("costs", "reward_weights")
 _VECTOR_KEYS = ("observations", "actions", "next_observations")
 
 
@@ -28,6 +28,9 @@ class DeviceDataset(eqx.Module):
     next_observations: Float[Array, "n o"]
     masks: Float[Array, " n"]  # 1 - terminal (timeouts are not terminals)
     costs: Float[Array, " n"] | None = None  # optional, unused by the learner
+    # optional weights of the reward critic and value losses (config.reward_episodes="safe": 1 for the
+    # transitions of episodes that never enter the failure set, 0 for the rest)
+    reward_weights: Float[Array, " n"] | None = None
 
     @classmethod
     def from_arrays(cls, source: Mapping[str, Any] | Any) -> DeviceDataset:

@@ -455,6 +455,7 @@ def test_held_action_transitions_on_hand_made_episodes(empty_root):
     np.testing.assert_array_equal(b["h"], [[-1, 2], [0.5, -3], [-3, -5]])
     np.testing.assert_array_equal(b["masks"], [1, 1, 0])
     np.testing.assert_array_equal(b["costs"], [1, 1, 0])
+    np.testing.assert_array_equal(b["episode_ids"], [0, 0, 1])
     # k = 3: episode 1 is shorter than a block and ends in a terminal, so it is padded with its last margin.
     b = held_action_transitions(t, 3, gamma=0.5)
     np.testing.assert_array_equal(b["h"], [[-1, 2, 0.5], [-3, -5, -5]])
@@ -472,6 +473,36 @@ def test_held_action_transitions_on_hand_made_episodes(empty_root):
     held_action_transitions(moved, 1, gamma=0.5)  # one step per block: nothing to hold
     with pytest.raises(ValueError, match="positive integer"):
         held_action_transitions(t, 0, gamma=0.5)
+
+
+def test_device_dataset_reward_weights_keep_only_safe_episodes(empty_root):
+    from safefql.training.config import SafeFQLConfig
+    from safefql.training.trainer import device_dataset
+
+    # episode 0 enters the failure set at step 1; episode 2 only in its final (terminal) next state
+    _write_episodes(
+        "tt/rw-v0",
+        [
+            _episode([-1, 2, 0.5, -3, -2]),
+            _episode([-3, -5, -2, -1, -4]),
+            _episode([-1, -2, 1.5], terminal=True),
+        ],
+    )
+    t = load_transitions("tt/rw-v0")
+    plain = SafeFQLConfig(reward_episodes="safe")
+    d = device_dataset(t, plain)
+    np.testing.assert_array_equal(np.asarray(d.reward_weights), [0, 0, 0, 0, 1, 1, 1, 1, 0, 0])
+    held = device_dataset(t, plain.replace(action_repeat=2))  # blocks: 2 of episode 0, 2 of 1, 1 of 2
+    np.testing.assert_array_equal(np.asarray(held.reward_weights), [0, 0, 1, 1, 0])
+    assert device_dataset(t, SafeFQLConfig()).reward_weights is None  # the default: every episode
+    arrays = {
+        k: getattr(t, k) for k in ("observations", "actions", "rewards", "h", "next_observations", "masks")
+    }
+    with pytest.raises(ValueError, match="reward_episodes='safe' needs episode structure"):
+        device_dataset(arrays, plain)
+    _write_episodes("tt/rw-bad-v0", [_episode([-1, 2, -1]), _episode([1, -1])])
+    with pytest.raises(ValueError, match="every episode of the dataset enters the failure set"):
+        device_dataset(load_transitions("tt/rw-bad-v0"), plain)
 
 
 def test_collected_boat_actions_are_held(env_root):

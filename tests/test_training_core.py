@@ -443,6 +443,27 @@ def test_critic_targets_are_stop_gradient():
         assert sum(float(jnp.abs(x).sum()) for x in _leaves(getattr(grads, trained))) > 1e-6
 
 
+def test_reward_weights_restrict_the_reward_losses_to_weighted_rows():
+    agent = create_train_state(TINY, OBS, ACT, jax.random.key(17)).agent
+    arrays = {
+        k: jnp.asarray(v, jnp.float32) for k, v in _random_arrays(np.random.default_rng(2), n=32).items()
+    }
+    keep = np.arange(32) % 3 != 0
+    weighted = {**arrays, "reward_weights": jnp.asarray(keep, jnp.float32)}
+    subset = {k: v[keep] for k, v in arrays.items()}
+    # rows of weight 0 with other rewards change nothing
+    shifted = {**weighted, "rewards": jnp.where(jnp.asarray(keep), arrays["rewards"], 1e3)}
+    for loss_fn in (reward_critic_loss, reward_value_loss):
+        expected = float(loss_fn(agent, subset, TINY)[0])
+        assert float(loss_fn(agent, weighted, TINY)[0]) == pytest.approx(expected, rel=1e-5)
+        assert float(loss_fn(agent, shifted, TINY)[0]) == pytest.approx(expected, rel=1e-5)
+        assert abs(float(loss_fn(agent, arrays, TINY)[0]) - expected) > 1e-4 * abs(expected)
+    # the safety losses ignore the weights: the HJ critic needs the violating episodes
+    assert float(safety_critic_loss(agent, weighted, TINY)[0]) == float(
+        safety_critic_loss(agent, arrays, TINY)[0]
+    )
+
+
 def test_safety_backup_values_and_terminal():
     cfg = LINEAR.replace(gamma=0.8)
     agent = create_train_state(LINEAR, 1, 1, jax.random.key(17)).agent
@@ -684,6 +705,8 @@ def test_config_roundtrip_and_errors():
         cfg.replace(candidate_tolerance=-0.1)
     with pytest.raises(ValueError, match="cost_penalty must lie in"):
         cfg.replace(cost_penalty=-1.0)
+    with pytest.raises(ValueError, match="reward_episodes must be one of"):
+        cfg.replace(reward_episodes="unsafe")
     with pytest.raises(ValueError, match="grad_clip must be a finite number"):
         cfg.replace(grad_clip=float("nan"))
     with pytest.raises(ValueError, match="env_id must be a string"):

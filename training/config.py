@@ -9,6 +9,7 @@ from typing import Any
 from safefql.training.networks import ACTIVATIONS
 
 ACTOR_OBJECTIVES = ("plain", "normalized")
+REWARD_EPISODES = ("all", "safe")
 _HIDDEN_FIELDS = ("critic_hidden", "value_hidden", "actor_hidden", "flow_hidden")
 
 
@@ -40,6 +41,7 @@ class SafeFQLConfig:
     candidate_weight: float = 1.0  # weight of that regression (best by the gate: feasible max Q_r)
     candidate_tolerance: float = 0.0  # none feasible: best Q_r among those within this of the lowest Q_h
     cost_penalty: float = 0.0  # kappa: Q_r learns r - kappa * 1[h(s) > 0] per step (0: the pure reward)
+    reward_episodes: str = "all"  # Q_r and V_r learn from "all" episodes or the "safe" ones only (no h > 0)
     batch_size: int = 256  # transitions per update
     num_reward_q: int = 2  # reward Q ensemble size (min over members)
     num_safety_q: int = 2  # safety Q ensemble size (max over members)
@@ -60,6 +62,10 @@ class SafeFQLConfig:
         if self.actor_objective not in ACTOR_OBJECTIVES:
             raise ValueError(
                 f"actor_objective must be one of {ACTOR_OBJECTIVES}, got {self.actor_objective!r}"
+            )
+        if self.reward_episodes not in REWARD_EPISODES:
+            raise ValueError(
+                f"reward_episodes must be one of {REWARD_EPISODES}, got {self.reward_episodes!r}"
             )
         for name in ("critic_lr", "actor_lr", "flow_lr"):
             _check_float(name, getattr(self, name), lo=0.0, lo_open=True)

@@ -130,15 +130,23 @@ def _repeat(batch: Batch) -> int:
     return batch["h"].shape[1] if batch["h"].ndim == 2 else 1
 
 
+def _reward_mean(per_sample: Array, batch: Batch) -> Array:
+    """Batch mean of a reward-critic loss; weighted by ``reward_weights`` where the data carries them."""
+    weights = batch.get("reward_weights")
+    if weights is None:
+        return jnp.mean(per_sample)
+    return jnp.sum(weights * per_sample) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
 # ---------------------------------------------------------------- losses: (loss, info dict of scalars)
 
 
 def reward_value_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) -> tuple[Array, Info]:
-    """``|tau_r - 1(u < 0)| u^2`` with ``u = min_k Qbar_r^k(s, a) - V_r(s)``."""
+    """``|tau_r - 1(u < 0)| u^2`` with ``u = min_k Qbar_r^k(s, a) - V_r(s)`` (over ``reward_weights``)."""
     q = jax.lax.stop_gradient(_q_all(agent.reward_q_target, batch["observations"], batch["actions"]).min(-1))
     v = _v(agent.reward_v, batch["observations"])
     u = q - v
-    loss = jnp.mean(expectile_weight(u, config.expectile_reward) * u**2)
+    loss = _reward_mean(expectile_weight(u, config.expectile_reward) * u**2, batch)
     return loss, {"reward_v_loss": loss, "reward_v": v.mean()}
 
 
@@ -158,14 +166,17 @@ def reward_critic_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig)
 
     ``r' = r`` (the paper's reward critic), or with ``cost_penalty > 0`` the reward less ``kappa`` per step
     inside the failure set: Q_r then ranks the detour above the path through a hazard, which the gate
-    alone only blocks once the hazard is close.
+    alone only blocks once the hazard is close. With ``reward_weights`` in the batch (config
+    ``reward_episodes="safe"``) only the transitions of episodes that never enter the failure set count:
+    ``V_r`` then values a state by how the data's safe episodes continued from it, not by paths through a
+    hazard.
     """
     next_v = _v(agent.reward_v, batch["next_observations"])
     discount = config.gamma ** _repeat(batch)  # k-step held-action batches carry discounted reward sums
     rewards = penalized_rewards(batch, config) if config.cost_penalty > 0 else batch["rewards"]
     y = jax.lax.stop_gradient(rewards + discount * batch["masks"] * next_v)
     q = _q_all(agent.reward_q, batch["observations"], batch["actions"])
-    loss = jnp.mean(jnp.sum((q - y[..., None]) ** 2, axis=-1))
+    loss = _reward_mean(jnp.sum((q - y[..., None]) ** 2, axis=-1), batch)
     return loss, {"reward_q_loss": loss, "reward_q": q.mean(), "reward_q_target": y.mean()}
 
 
