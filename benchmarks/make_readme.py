@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -590,6 +591,11 @@ def _split_key(key: str) -> tuple[str, str]:
     return env, tag.removesuffix("]") if sep else ""
 
 
+def _natural(text: str) -> tuple:
+    """Sort key that orders the numbers inside a name by value: "alpha30" before "alpha100"."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text))
+
+
 def _slug(title: str) -> str:
     """GitHub's heading anchor: lower case, punctuation dropped (but ``-`` and ``_``), spaces to ``-``."""
     kept = "".join(c for c in title.lower() if c.isalnum() or c in " -_")
@@ -625,7 +631,30 @@ def variant_changes(e: dict[str, Any], main: dict[str, Any] | None) -> str:
             if not isinstance(base_over, dict) or base_over.get(name) != value:
                 shown = ",".join(map(str, value)) if isinstance(value, list) else _scalar(value)
                 parts.append(f"{name}={shown}")
+    recollected = _recollected(e, main)
+    if recollected:
+        parts.append(recollected)
     return "; ".join(parts) if parts else "(same settings)"
+
+
+def _recollected(e: dict[str, Any], main: dict[str, Any] | None) -> str:
+    """Say so when a variant ran on a dataset of the main run's id with other contents (collected again, on
+    a machine whose simulator rounds differently), since its numbers are then not on the main run's data."""
+    mine, base = _get(e, "data", default={}) or {}, _get(main, "data", default={}) or {}
+    if (
+        not isinstance(mine, dict)
+        or not isinstance(base, dict)
+        or mine.get("dataset_id") != base.get("dataset_id")
+    ):
+        return ""
+    (r, c), (r0, c0) = [
+        [_num(_get(d, k, "mean")) for k in ("episode_return", "episode_cost")] for d in (mine, base)
+    ]
+    if None in (r, c, r0, c0) or (math.isclose(r, r0) and math.isclose(c, c0)):
+        return ""
+    return (
+        f"data collected again (episode return / cost mean {r:.2f} / {c:.2f}; main run {r0:.2f} / {c0:.2f})"
+    )
 
 
 ACTING_MAX_INTERVENTIONS = 0.9  # bench_safety_gym.MAX_INTERVENTION_RATE (its JSON states the rule)
@@ -665,7 +694,7 @@ def render_safety_gym(d: dict[str, Any], variants_link: str = "docs/safety_gym_v
             lines += render_safety_gym_entry(env, runs[""])
         else:
             lines += [f"#### {env}", ""]
-        tags = sorted(t for t in runs if t)  # a tag sorts before its own variants ("hold10", "hold10-kappa1")
+        tags = sorted((t for t in runs if t), key=_natural)  # "hold10" before "hold10-kappa1"
         if not tags:
             continue
         rows = []
@@ -712,7 +741,10 @@ def render_safety_gym_variants(d: dict[str, Any]) -> list[str] | None:
     envs = _get(d, "envs", default=None)
     if not isinstance(envs, dict):
         return None
-    tagged = sorted((k for k, e in envs.items() if _split_key(k)[1] and isinstance(e, dict)), key=_split_key)
+    tagged = sorted(
+        (k for k, e in envs.items() if _split_key(k)[1] and isinstance(e, dict)),
+        key=lambda k: tuple(map(_natural, _split_key(k))),
+    )
     if not tagged:
         return None
     lines = [

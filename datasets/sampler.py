@@ -12,7 +12,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "h", "next_observations", "masks")
-OPTIONAL_KEYS = ("costs", "reward_weights")
+OPTIONAL_KEYS = ("costs", "reward_weights", "flow_weights")
 _VECTOR_KEYS = ("observations", "actions", "next_observations")
 
 
@@ -31,6 +31,8 @@ class DeviceDataset(eqx.Module):
     # optional weights of the reward critic and value losses (config.reward_episodes="safe": 1 for the
     # transitions of episodes that never enter the failure set, 0 for the rest)
     reward_weights: Float[Array, " n"] | None = None
+    # the same for the flow teacher's loss (config.flow_episodes="safe")
+    flow_weights: Float[Array, " n"] | None = None
 
     @classmethod
     def from_arrays(cls, source: Mapping[str, Any] | Any) -> DeviceDataset:

@@ -316,6 +316,22 @@ def test_make_readme_renders_each_shield_fallback(tmp_path):
     assert "| shielded (delta_5) | actor | 5 | 5.00 | 10.00 | 0.50 | 70.0% | 0.250 |" in text
 
 
+def test_make_readme_says_when_a_variant_ran_on_recollected_data():
+    mr = _load("make_readme")
+
+    def entry(ret, cost, dataset="bench/Car-mix150-s0-v0"):
+        data = {"dataset_id": dataset, "episode_return": {"mean": ret}, "episode_cost": {"mean": cost}}
+        return {"settings": {"episodes": 150, "overrides": {"alpha": 100}}, "data": data}
+
+    main = {"settings": {"episodes": 150}, "data": entry(16.69, 21.63)["data"]}
+    assert mr.variant_changes(entry(16.69, 21.63), main) == "alpha=100"  # the same data
+    assert mr.variant_changes(entry(16.74, 21.21, "bench/Car-mix600-s0-v0"), main) == "alpha=100"  # other id
+    assert mr.variant_changes(entry(16.74, 21.21), main) == (
+        "alpha=100; data collected again (episode return / cost mean 16.74 / 21.21; main run 16.69 / 21.63)"
+    )
+    assert mr.variant_changes({**entry(16.74, 21.21), "data": {}}, main) == "alpha=100"  # nothing recorded
+
+
 def test_make_readme_summarises_variants_and_writes_their_tables_to_docs(tmp_path):
     mr = _load("make_readme")
     results, readme = tmp_path / "results", tmp_path / "README.md"
@@ -353,6 +369,8 @@ def test_make_readme_summarises_variants_and_writes_their_tables_to_docs(tmp_pat
         f"{env} [hold10-kappa1]": {"env_id": env},
         f"{env} [mix600]": variant,
         f"{env} [hold10]": {},
+        f"{env} [mix600-alpha100]": {},
+        f"{env} [mix600-alpha30]": {},
         env: main,
     }
     _write(results / "safety_gym.json", {"envs": keys})
@@ -361,7 +379,8 @@ def test_make_readme_summarises_variants_and_writes_their_tables_to_docs(tmp_pat
     # the README keeps the main run's block and one row per variant; the variants' blocks go to the page
     assert [line for line in text.splitlines() if line.startswith("#### ")] == [f"#### {env}"]
     rows = [line for line in text.splitlines() if line.startswith("| [")]
-    assert [row.split("]")[0] for row in rows] == ["| [hold10", "| [hold10-kappa1", "| [mix600"]
+    tags = ["hold10", "hold10-kappa1", "mix600", "mix600-alpha30", "mix600-alpha100"]  # numbers by value
+    assert [row.split("]")[0] for row in rows] == [f"| [{tag}" for tag in tags]
     assert "| n/a |" in rows[0]  # no settings recorded: nothing is claimed about what changed
     link = "docs/safety_gym_variants.md#safetycargoal1gymnasium-v0-mix600"
     expected = (
@@ -370,7 +389,7 @@ def test_make_readme_summarises_variants_and_writes_their_tables_to_docs(tmp_pat
     )
     assert expected in rows
     heads = [line for line in doc.splitlines() if line.startswith("#### ")]
-    assert heads == [f"#### {env} [{tag}]" for tag in ("hold10", "hold10-kappa1", "mix600")]
+    assert heads == [f"#### {env} [{tag}]" for tag in tags]
     assert mr.main(["--results-dir", str(results), "--readme", str(readme), "--check"]) == 0
     (tmp_path / "docs" / "safety_gym_variants.md").write_text(doc + "edited by hand\n")
     assert mr.main(["--results-dir", str(results), "--readme", str(readme), "--check"]) == 1

@@ -475,7 +475,7 @@ def test_held_action_transitions_on_hand_made_episodes(empty_root):
         held_action_transitions(t, 0, gamma=0.5)
 
 
-def test_device_dataset_reward_weights_keep_only_safe_episodes(empty_root):
+def test_device_dataset_safe_episode_weights(empty_root):
     from safefql.training.config import SafeFQLConfig
     from safefql.training.trainer import device_dataset
 
@@ -495,6 +495,10 @@ def test_device_dataset_reward_weights_keep_only_safe_episodes(empty_root):
     held = device_dataset(t, plain.replace(action_repeat=2))  # blocks: 2 of episode 0, 2 of 1, 1 of 2
     np.testing.assert_array_equal(np.asarray(held.reward_weights), [0, 0, 1, 1, 0])
     assert device_dataset(t, SafeFQLConfig()).reward_weights is None  # the default: every episode
+    assert held.flow_weights is None
+    flow = device_dataset(t, SafeFQLConfig(flow_episodes="safe"))
+    assert flow.reward_weights is None
+    np.testing.assert_array_equal(np.asarray(flow.flow_weights), np.asarray(d.reward_weights))
     arrays = {
         k: getattr(t, k) for k in ("observations", "actions", "rewards", "h", "next_observations", "masks")
     }
@@ -503,6 +507,8 @@ def test_device_dataset_reward_weights_keep_only_safe_episodes(empty_root):
     _write_episodes("tt/rw-bad-v0", [_episode([-1, 2, -1]), _episode([1, -1])])
     with pytest.raises(ValueError, match="every episode of the dataset enters the failure set"):
         device_dataset(load_transitions("tt/rw-bad-v0"), plain)
+    with pytest.raises(ValueError, match="flow_episodes='safe' needs episode structure"):
+        device_dataset(arrays, SafeFQLConfig(flow_episodes="safe"))
 
 
 def test_collected_boat_actions_are_held(env_root):

@@ -22,6 +22,7 @@ from safefql.training.safefql import (
     create_train_state,
     create_train_states,
     flow_actions,
+    flow_loss,
     penalized_rewards,
     reward_critic_loss,
     reward_q_value,
@@ -464,6 +465,47 @@ def test_reward_weights_restrict_the_reward_losses_to_weighted_rows():
     )
 
 
+def test_flow_weights_restrict_the_teacher_to_weighted_rows():
+    agent = create_train_state(TINY, OBS, ACT, jax.random.key(17)).agent
+    arrays = {
+        k: jnp.asarray(v, jnp.float32) for k, v in _random_arrays(np.random.default_rng(3), n=32).items()
+    }
+    keep = jnp.asarray(np.arange(32) % 4 != 0)
+    weighted = {**arrays, "flow_weights": keep.astype(jnp.float32)}
+    moved = {**weighted, "actions": jnp.where(keep[:, None], arrays["actions"], -arrays["actions"])}
+    key = jax.random.key(5)
+    loss = float(flow_loss(agent, weighted, key, TINY)[0])
+    assert float(flow_loss(agent, moved, key, TINY)[0]) == pytest.approx(loss, rel=1e-6)
+    assert abs(float(flow_loss(agent, {**arrays, "actions": moved["actions"]}, key, TINY)[0]) - loss) > 1e-3
+
+
+def test_weighted_flow_teacher_clones_only_the_weighted_mode():
+    """Actions +-0.7 in equal shares; only the +0.7 rows carry weight: the teacher keeps that mode alone."""
+    n = 512
+    obs = jnp.zeros((n, 1))
+    acts = jnp.where(jnp.arange(n)[:, None] % 2 == 0, 0.7, -0.7)
+    batch = {"observations": obs, "actions": acts, "flow_weights": (acts[:, 0] > 0).astype(jnp.float32)}
+    cfg = TINY.replace(flow_hidden=(32, 32))
+    agent = create_train_state(cfg, 1, 1, jax.random.key(9)).agent
+    opt = optax.adam(1e-2)
+
+    @eqx.filter_jit
+    def fit(flow):
+        def step(carry, k):
+            flow, s = carry
+            g = jax.grad(lambda m: flow_loss(eqx.tree_at(lambda x: x.flow, agent, m), batch, k, cfg)[0])(flow)
+            upd, s = opt.update(g, s, flow)
+            return (optax.apply_updates(flow, upd), s), None
+
+        return jax.lax.scan(step, (flow, opt.init(flow)), jax.random.split(jax.random.key(10), 1500))[0][0]
+
+    agent = eqx.tree_at(lambda x: x.flow, agent, fit(agent.flow))
+    z = jax.random.normal(jax.random.key(11), (1000, 1))
+    a = np.asarray(flow_actions(agent, jnp.zeros((1000, 1)), z, cfg.flow_steps))[:, 0]
+    assert np.mean(a > 0.35) >= 0.95  # the unweighted -0.7 mode is gone (it would hold ~50%)
+    assert abs(np.median(a) - 0.7) < 0.1
+
+
 def test_safety_backup_values_and_terminal():
     cfg = LINEAR.replace(gamma=0.8)
     agent = create_train_state(LINEAR, 1, 1, jax.random.key(17)).agent
@@ -707,6 +749,8 @@ def test_config_roundtrip_and_errors():
         cfg.replace(cost_penalty=-1.0)
     with pytest.raises(ValueError, match="reward_episodes must be one of"):
         cfg.replace(reward_episodes="unsafe")
+    with pytest.raises(ValueError, match="flow_episodes must be one of"):
+        cfg.replace(flow_episodes="cost0")
     with pytest.raises(ValueError, match="grad_clip must be a finite number"):
         cfg.replace(grad_clip=float("nan"))
     with pytest.raises(ValueError, match="env_id must be a string"):

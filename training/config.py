@@ -9,7 +9,7 @@ from typing import Any
 from safefql.training.networks import ACTIVATIONS
 
 ACTOR_OBJECTIVES = ("plain", "normalized")
-REWARD_EPISODES = ("all", "safe")
+EPISODE_SETS = ("all", "safe")  # the episodes a loss learns from (reward_episodes, flow_episodes)
 _HIDDEN_FIELDS = ("critic_hidden", "value_hidden", "actor_hidden", "flow_hidden")
 
 
@@ -42,6 +42,7 @@ class SafeFQLConfig:
     candidate_tolerance: float = 0.0  # none feasible: best Q_r among those within this of the lowest Q_h
     cost_penalty: float = 0.0  # kappa: Q_r learns r - kappa * 1[h(s) > 0] per step (0: the pure reward)
     reward_episodes: str = "all"  # Q_r and V_r learn from "all" episodes or the "safe" ones only (no h > 0)
+    flow_episodes: str = "all"  # the flow teacher clones "all" episodes or the "safe" ones (BC-safe's data)
     batch_size: int = 256  # transitions per update
     num_reward_q: int = 2  # reward Q ensemble size (min over members)
     num_safety_q: int = 2  # safety Q ensemble size (max over members)
@@ -63,10 +64,9 @@ class SafeFQLConfig:
             raise ValueError(
                 f"actor_objective must be one of {ACTOR_OBJECTIVES}, got {self.actor_objective!r}"
             )
-        if self.reward_episodes not in REWARD_EPISODES:
-            raise ValueError(
-                f"reward_episodes must be one of {REWARD_EPISODES}, got {self.reward_episodes!r}"
-            )
+        for name in ("reward_episodes", "flow_episodes"):
+            if getattr(self, name) not in EPISODE_SETS:
+                raise ValueError(f"{name} must be one of {EPISODE_SETS}, got {getattr(self, name)!r}")
         for name in ("critic_lr", "actor_lr", "flow_lr"):
             _check_float(name, getattr(self, name), lo=0.0, lo_open=True)
         if self.grad_clip is not None:

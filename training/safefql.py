@@ -130,9 +130,9 @@ def _repeat(batch: Batch) -> int:
     return batch["h"].shape[1] if batch["h"].ndim == 2 else 1
 
 
-def _reward_mean(per_sample: Array, batch: Batch) -> Array:
-    """Batch mean of a reward-critic loss; weighted by ``reward_weights`` where the data carries them."""
-    weights = batch.get("reward_weights")
+def _weighted_mean(per_sample: Array, batch: Batch, weights_key: str) -> Array:
+    """Batch mean of a per-sample loss, weighted by ``batch[weights_key]`` where the data carries it."""
+    weights = batch.get(weights_key)
     if weights is None:
         return jnp.mean(per_sample)
     return jnp.sum(weights * per_sample) / jnp.maximum(jnp.sum(weights), 1.0)
@@ -146,7 +146,7 @@ def reward_value_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) 
     q = jax.lax.stop_gradient(_q_all(agent.reward_q_target, batch["observations"], batch["actions"]).min(-1))
     v = _v(agent.reward_v, batch["observations"])
     u = q - v
-    loss = _reward_mean(expectile_weight(u, config.expectile_reward) * u**2, batch)
+    loss = _weighted_mean(expectile_weight(u, config.expectile_reward) * u**2, batch, "reward_weights")
     return loss, {"reward_v_loss": loss, "reward_v": v.mean()}
 
 
@@ -176,7 +176,7 @@ def reward_critic_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig)
     rewards = penalized_rewards(batch, config) if config.cost_penalty > 0 else batch["rewards"]
     y = jax.lax.stop_gradient(rewards + discount * batch["masks"] * next_v)
     q = _q_all(agent.reward_q, batch["observations"], batch["actions"])
-    loss = _reward_mean(jnp.sum((q - y[..., None]) ** 2, axis=-1), batch)
+    loss = _weighted_mean(jnp.sum((q - y[..., None]) ** 2, axis=-1), batch, "reward_weights")
     return loss, {"reward_q_loss": loss, "reward_q": q.mean(), "reward_q_target": y.mean()}
 
 
@@ -210,14 +210,19 @@ def safety_value_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) 
 def flow_loss(
     agent: SafeFQLAgent, batch: Batch, key: PRNGKeyArray, config: SafeFQLConfig
 ) -> tuple[Array, Info]:
-    """Flow matching ``||v(s, x_t, t) - (a - z)||^2`` with ``x_t = (1 - t) z + t a``, ``t ~ U[0, 1]``."""
+    """Flow matching ``||v(s, x_t, t) - (a - z)||^2`` with ``x_t = (1 - t) z + t a``, ``t ~ U[0, 1]``.
+
+    With ``flow_weights`` in the batch (config ``flow_episodes="safe"``) only the transitions of episodes
+    that never enter the failure set count: the teacher, and through distillation the actor's prior,
+    clones the data's safe behaviour (BC-safe's data) instead of the whole mixture.
+    """
     a = batch["actions"]
     kz, kt = jax.random.split(key)
     z = jax.random.normal(kz, a.shape, a.dtype)
     t = jax.random.uniform(kt, a.shape[:-1] + (1,), a.dtype)
     x_t = (1.0 - t) * z + t * a
     v = _leading(lambda o, x, s: agent.flow(jnp.concatenate([o, x, s])), batch["observations"], x_t, t)
-    loss = jnp.mean(jnp.sum((v - (a - z)) ** 2, axis=-1))
+    loss = _weighted_mean(jnp.sum((v - (a - z)) ** 2, axis=-1), batch, "flow_weights")
     return loss, {"flow_loss": loss}
 
 

@@ -136,20 +136,18 @@ class TrainResult:
 def device_dataset(transitions: Any, config: Any) -> Any:
     """The learner's ``DeviceDataset``: plain, or k-step held-action transitions if ``action_repeat > 1``.
 
-    With ``config.reward_episodes == "safe"`` it carries ``reward_weights``: 1 on the transitions of the
-    episodes whose margin never exceeds 0 (final state included), 0 elsewhere: the reward critic and value
-    learn from those only.
+    With ``config.reward_episodes == "safe"`` it carries ``reward_weights``, with ``config.flow_episodes ==
+    "safe"`` ``flow_weights``: 1 on the transitions of the episodes whose margin never exceeds 0 (final
+    state included), 0 elsewhere; the reward critic and value, or the flow teacher, learn from those only.
     """
     from safefql.datasets.load import Transitions, held_action_transitions
     from safefql.datasets.sampler import OPTIONAL_KEYS, REQUIRED_KEYS, DeviceDataset
 
-    needs_episodes = config.action_repeat > 1 or config.reward_episodes != "all"
-    if not needs_episodes:
+    safe_only = [f"{name}='safe'" for name in _EPISODE_FIELDS if getattr(config, name) == "safe"]
+    if config.action_repeat == 1 and not safe_only:
         return DeviceDataset.from_arrays(transitions)
     if not isinstance(transitions, Transitions):
-        why = (
-            f"action_repeat={config.action_repeat}" if config.action_repeat > 1 else "reward_episodes='safe'"
-        )
+        why = f"action_repeat={config.action_repeat}" if config.action_repeat > 1 else safe_only[0]
         raise ValueError(
             f"{why} needs episode structure: pass a dataset id or "
             f"safefql.datasets.load.Transitions, not {type(transitions).__name__}"
@@ -159,17 +157,23 @@ def device_dataset(transitions: Any, config: Any) -> Any:
     else:
         names = (*REQUIRED_KEYS, *OPTIONAL_KEYS, "episode_ids")
         arrays = {k: getattr(transitions, k) for k in names if getattr(transitions, k, None) is not None}
-    if config.reward_episodes == "safe":
+    if safe_only:
         # future_worst_h covers every state of an episode, its last next-observation included
         unsafe_ids = np.unique(transitions.episode_ids[np.asarray(transitions.future_worst_h) > 0])
         weights = (~np.isin(arrays["episode_ids"], unsafe_ids)).astype(np.float32)
         if not weights.any():
             raise ValueError(
-                "reward_episodes='safe': every episode of the dataset enters the failure set (h > 0), so "
-                "the reward critic has no transitions to learn from; use reward_episodes='all'"
+                f"{', '.join(safe_only)}: every episode of the dataset enters the failure set (h > 0), so "
+                "there are no safe transitions to learn from; use 'all'"
             )
-        arrays = {**arrays, "reward_weights": weights}
+        for name, key in _EPISODE_FIELDS.items():
+            if getattr(config, name) == "safe":
+                arrays = {**arrays, key: weights}
     return DeviceDataset.from_arrays(arrays)
+
+
+# config field -> the DeviceDataset weights it fills when set to "safe"
+_EPISODE_FIELDS = {"reward_episodes": "reward_weights", "flow_episodes": "flow_weights"}
 
 
 def _ensure_registered(env_id: str | None) -> bool:
