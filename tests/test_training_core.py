@@ -422,6 +422,27 @@ def test_actor_loss_terms_and_no_gradient_to_critics_or_flow():
         assert sum(float(jnp.abs(x).sum()) for x in _leaves(grads.actor)) > 1e-6
 
 
+def test_feasible_only_distillation_masks_the_unsafe_teacher_actions():
+    agent = create_train_state(TINY, OBS, ACT, jax.random.key(12)).agent
+    agent = eqx.tree_at(lambda g: g.safety_q.layers[-1].bias, agent, jnp.full((2, 1), -0.03))
+    obs = jax.random.normal(jax.random.key(13), (64, OBS))
+    batch = {"observations": obs, "actions": jnp.zeros((64, ACT))}
+    gated = TINY.replace(alpha=2.0, safety_margin=0.01, distill_feasible_only=True)
+    z = jax.random.normal(jax.random.key(14), (64, ACT))  # the z actor_loss draws from key 14
+    target = flow_actions(agent, obs, z, TINY.flow_steps)
+    per_sample = np.sum((np.asarray(actor_actions(agent, obs, z)) - np.asarray(target)) ** 2, -1)
+    ok = np.asarray(safety_q_value(agent, obs, target)) + 0.01 <= 0
+    assert 0.05 < ok.mean() < 0.95  # both kinds of teacher action occur
+    loss, info = actor_loss(agent, batch, jax.random.key(14), gated)
+    full_loss, full_info = actor_loss(
+        agent, batch, jax.random.key(14), gated.replace(distill_feasible_only=False)
+    )
+    assert float(info["distill_loss"]) == pytest.approx(np.mean(ok * per_sample), rel=1e-4)
+    assert float(full_info["distill_loss"]) == pytest.approx(np.mean(per_sample), rel=1e-4)
+    assert float(info["teacher_feasible_frac"]) == pytest.approx(ok.mean(), abs=1e-6)
+    assert float(full_loss - loss) == pytest.approx(2.0 * np.mean(~ok * per_sample), rel=1e-3)
+
+
 def test_critic_targets_are_stop_gradient():
     cfg = TINY
     agent = create_train_state(cfg, OBS, ACT, jax.random.key(15)).agent
@@ -751,6 +772,8 @@ def test_config_roundtrip_and_errors():
         cfg.replace(reward_episodes="unsafe")
     with pytest.raises(ValueError, match="flow_episodes must be one of"):
         cfg.replace(flow_episodes="cost0")
+    with pytest.raises(ValueError, match="distill_feasible_only must be a bool"):
+        cfg.replace(distill_feasible_only="yes")
     with pytest.raises(ValueError, match="grad_clip must be a finite number"):
         cfg.replace(grad_clip=float("nan"))
     with pytest.raises(ValueError, match="env_id must be a string"):

@@ -33,6 +33,7 @@ class SafeFQLConfig:
     expectile_safety: float = 0.9  # tau_h: V_h tracks the lower (1 - tau_h)-expectile of Qbar_h
     flow_steps: int = 10  # K, Euler steps of the flow teacher when sampling
     alpha: float = 1.0  # weight of the distillation loss ||a_mu - flow_K||^2 in the actor loss
+    distill_feasible_only: bool = False  # distil only where the teacher's action passes the actor's gate
     w_safe: float = 1.0  # weight of the max(0, Q_h) penalty on samples outside the safety gate
     safety_margin: float = 0.0  # actor gate is Q_h + margin <= 0 (0: the paper's gate; > 0 keeps clear)
     action_penalty: float = 1.0  # weight of (|mu(s,z)| - 1)^2 beyond the box, so clip never stalls gradients
@@ -82,6 +83,8 @@ class SafeFQLConfig:
         _check_float("candidate_weight", self.candidate_weight, lo=0.0)
         _check_float("cost_penalty", self.cost_penalty, lo=0.0)
         _check_float("candidate_tolerance", self.candidate_tolerance, lo=0.0)
+        if not isinstance(self.distill_feasible_only, bool):
+            raise ValueError(f"distill_feasible_only must be a bool, got {self.distill_feasible_only!r}")
         n = self.candidate_actions
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"candidate_actions must be an integer >= 0, got {n!r}")

@@ -276,7 +276,11 @@ def actor_loss(
     """``alpha * distill + gated Q objective (+ candidate_weight * ||a_mu - best candidate||^2)``; only the
     actor gets gradients (critics and flow are sg'd).
 
-    With ``alpha = 0`` the teacher is not evaluated and ``info`` has no ``distill_loss``.
+    With ``alpha = 0`` the teacher is not evaluated and ``info`` has no ``distill_loss``. With
+    ``distill_feasible_only`` a sample is distilled only where the teacher's own action passes the gate
+    (``Q_h(s, flow_K(s, z)) + margin <= 0``): the actor then copies the behaviour where the critic calls it
+    safe and follows the gated Q objective alone elsewhere, instead of being pulled towards the unsafe
+    part of a mixed dataset. The batch mean keeps the masked samples as zeros.
     """
     obs = batch["observations"]
     if config.candidate_actions > 0:  # static: configs without candidates keep their noise stream
@@ -287,7 +291,14 @@ def actor_loss(
     a_mu = jnp.clip(raw, -1.0, 1.0)
     if config.alpha > 0:
         target = jax.lax.stop_gradient(flow_actions(frozen, obs, z, config.flow_steps))
-        distill = jnp.mean(jnp.sum((a_mu - target) ** 2, axis=-1))
+        per_sample = jnp.sum((a_mu - target) ** 2, axis=-1)
+        if config.distill_feasible_only:  # static
+            teacher_h = _q_all(frozen.safety_q, obs, target).max(-1)
+            teacher_ok = jax.lax.stop_gradient(
+                (teacher_h + config.safety_margin <= 0).astype(per_sample.dtype)
+            )
+            per_sample = teacher_ok * per_sample
+        distill = jnp.mean(per_sample)
     else:  # alpha is static: skip the K teacher passes it would multiply by zero (most of the actor's cost)
         distill = None
     # clip has zero gradient outside the box: an output that drifts past a bound stops receiving Q
@@ -318,6 +329,8 @@ def actor_loss(
     if candidate is not None:
         loss = loss + config.candidate_weight * candidate
     info = {} if distill is None else {"distill_loss": distill}
+    if distill is not None and config.distill_feasible_only:
+        info["teacher_feasible_frac"] = teacher_ok.mean()
     info |= {} if candidate is None else {"candidate_loss": candidate}
     info |= {
         "actor_loss": loss,
