@@ -638,8 +638,8 @@ def variant_changes(e: dict[str, Any], main: dict[str, Any] | None) -> str:
 
 
 def _recollected(e: dict[str, Any], main: dict[str, Any] | None) -> str:
-    """Say so when a variant ran on a dataset of the main run's id with other contents (collected again, on
-    a machine whose simulator rounds differently), since its numbers are then not on the main run's data."""
+    """Say so when a variant ran on a dataset of the main run's id with other contents (collected again,
+    e.g. on another machine), since its numbers are then not on the main run's data."""
     mine, base = _get(e, "data", default={}) or {}, _get(main, "data", default={}) or {}
     if (
         not isinstance(mine, dict)

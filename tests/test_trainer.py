@@ -164,6 +164,27 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, data):
     assert full.eval == resumed.eval
 
 
+def test_safe_episode_weights_train_and_resume_exactly(tmp_path):
+    from safefql.datasets.sampler import DeviceDataset
+    from safefql.training import safefql as sf
+
+    d = boat_transitions(episodes=8, length=20, seed=5)
+    assert (d.future_worst_h[::20] > 0).sum() == 2  # 2 of the 8 episodes enter a rock
+    cfg = TINY.replace(reward_episodes="safe", flow_episodes="safe")
+    kw = dict(config=cfg, eval_episodes=0, calib_fraction=0.0, progress=False)
+    full = train(d, out_dir=tmp_path / "full", steps=20, **kw)
+    train(d, out_dir=tmp_path / "part", steps=10, **kw)
+    resumed = train(d, out_dir=tmp_path / "part", steps=20, resume=True, **kw)
+    a, b = load_checkpoint(full.policy_paths[0])[0], load_checkpoint(resumed.policy_paths[0])[0]
+    assert all(np.array_equal(x, y) for x, y in zip(_arrays(a), _arrays(b), strict=True))
+    plain = train(d, out_dir=tmp_path / "plain", steps=20, **{**kw, "config": TINY})
+    c = load_checkpoint(plain.policy_paths[0])[0]
+    assert not all(np.array_equal(x, y) for x, y in zip(_arrays(a), _arrays(c), strict=True))
+    state = sf.create_train_state(cfg, 2, 2, jax.random.key(0))
+    with pytest.raises(ValueError, match="reward_episodes='safe' but the dataset has no reward_weights"):
+        sf.train_steps(state, DeviceDataset.from_arrays(d), jax.random.key(1), 10)
+
+
 def test_resume_and_overwrite_rules(tmp_path, data):
     with pytest.raises(FileNotFoundError, match=r"cannot resume"):
         train(data, out_dir=tmp_path / "none", config=TINY, steps=10, resume=True, progress=False)

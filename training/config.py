@@ -43,7 +43,7 @@ class SafeFQLConfig:
     candidate_tolerance: float = 0.0  # none feasible: best Q_r among those within this of the lowest Q_h
     cost_penalty: float = 0.0  # kappa: Q_r learns r - kappa * 1[h(s) > 0] per step (0: the pure reward)
     reward_episodes: str = "all"  # Q_r and V_r learn from "all" episodes or the "safe" ones only (no h > 0)
-    flow_episodes: str = "all"  # the flow teacher clones "all" episodes or the "safe" ones (BC-safe's data)
+    flow_episodes: str = "all"  # the flow teacher clones "all" episodes or the "safe" ones only (no h > 0)
     batch_size: int = 256  # transitions per update
     num_reward_q: int = 2  # reward Q ensemble size (min over members)
     num_safety_q: int = 2  # safety Q ensemble size (max over members)
@@ -85,6 +85,10 @@ class SafeFQLConfig:
         _check_float("candidate_tolerance", self.candidate_tolerance, lo=0.0)
         if not isinstance(self.distill_feasible_only, bool):
             raise ValueError(f"distill_feasible_only must be a bool, got {self.distill_feasible_only!r}")
+        if self.distill_feasible_only and self.alpha == 0:
+            raise ValueError(
+                "distill_feasible_only=True needs alpha > 0 (with alpha = 0 nothing is distilled)"
+            )
         n = self.candidate_actions
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"candidate_actions must be an integer >= 0, got {n!r}")

@@ -147,7 +147,7 @@ def reward_value_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) 
     v = _v(agent.reward_v, batch["observations"])
     u = q - v
     loss = _weighted_mean(expectile_weight(u, config.expectile_reward) * u**2, batch, "reward_weights")
-    return loss, {"reward_v_loss": loss, "reward_v": v.mean()}
+    return loss, {"reward_v_loss": loss, "reward_v": _weighted_mean(v, batch, "reward_weights")}
 
 
 def penalized_rewards(batch: Batch, config: SafeFQLConfig) -> Array:
@@ -177,7 +177,12 @@ def reward_critic_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig)
     y = jax.lax.stop_gradient(rewards + discount * batch["masks"] * next_v)
     q = _q_all(agent.reward_q, batch["observations"], batch["actions"])
     loss = _weighted_mean(jnp.sum((q - y[..., None]) ** 2, axis=-1), batch, "reward_weights")
-    return loss, {"reward_q_loss": loss, "reward_q": q.mean(), "reward_q_target": y.mean()}
+    info = {"reward_q": _weighted_mean(q.mean(-1), batch, "reward_weights")}
+    return loss, {
+        "reward_q_loss": loss,
+        **info,
+        "reward_q_target": _weighted_mean(y, batch, "reward_weights"),
+    }
 
 
 def safety_critic_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) -> tuple[Array, Info]:
@@ -214,7 +219,8 @@ def flow_loss(
 
     With ``flow_weights`` in the batch (config ``flow_episodes="safe"``) only the transitions of episodes
     that never enter the failure set count: the teacher, and through distillation the actor's prior,
-    clones the data's safe behaviour (BC-safe's data) instead of the whole mixture.
+    clones the data's safe behaviour (like BC-safe, but judged by h, final state included) instead of the
+    whole mixture.
     """
     a = batch["actions"]
     kz, kt = jax.random.split(key)
@@ -533,13 +539,23 @@ def _train_steps(state: TrainState, data: DeviceDataset, key: PRNGKeyArray, num_
     return state, jax.tree.map(lambda x: x.mean(0), infos)
 
 
+def _check_call(config: SafeFQLConfig, data: DeviceDataset, num_steps: int) -> None:
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    for name, field in (("reward_episodes", "reward_weights"), ("flow_episodes", "flow_weights")):
+        if getattr(config, name) == "safe" and getattr(data, field) is None:
+            raise ValueError(
+                f"config.{name}='safe' but the dataset has no {field}: build it with "
+                "safefql.training.trainer.device_dataset(transitions, config)"
+            )
+
+
 @eqx.filter_jit
 def train_steps(
     state: TrainState, data: DeviceDataset, key: PRNGKeyArray, num_steps: int
 ) -> tuple[TrainState, Info]:
     """``num_steps`` updates in one ``lax.scan``, batches sampled on device; info averaged over the steps."""
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    _check_call(state.config, data, num_steps)
     return _train_steps(state, data, key, num_steps)
 
 
@@ -548,6 +564,5 @@ def train_steps_multi(
     states: TrainState, data: DeviceDataset, keys: PRNGKeyArray, num_steps: int
 ) -> tuple[TrainState, Info]:
     """``train_steps`` vmapped over seeds: ``states``/``keys`` have a leading seed axis; data is shared."""
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    _check_call(states.config, data, num_steps)
     return eqx.filter_vmap(lambda s, k: _train_steps(s, data, k, num_steps))(states, keys)

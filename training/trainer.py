@@ -133,6 +133,10 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------------------------- evaluation
+# config field -> the DeviceDataset weights it fills when set to "safe"
+_EPISODE_FIELDS = {"reward_episodes": "reward_weights", "flow_episodes": "flow_weights"}
+
+
 def device_dataset(transitions: Any, config: Any) -> Any:
     """The learner's ``DeviceDataset``: plain, or k-step held-action transitions if ``action_repeat > 1``.
 
@@ -170,10 +174,6 @@ def device_dataset(transitions: Any, config: Any) -> Any:
             if getattr(config, name) == "safe":
                 arrays = {**arrays, key: weights}
     return DeviceDataset.from_arrays(arrays)
-
-
-# config field -> the DeviceDataset weights it fills when set to "safe"
-_EPISODE_FIELDS = {"reward_episodes": "reward_weights", "flow_episodes": "flow_weights"}
 
 
 def _ensure_registered(env_id: str | None) -> bool:
