@@ -24,9 +24,11 @@ Per task (``--envs``, default SafetyPointGoal1Gymnasium-v0 and SafetyCarGoal1Gym
     and the JSON says so. The scripted behaviours are evaluated on the same starts as references.
     Targets: SafeFQL ``c_norm <= 1`` with ``r_norm >= `` BC-safe's.
 (d) **shield**: the goal_lidar agent (steers at the goal, ignores hazards) alone vs wrapped in
-    ``SafeFQLShield`` with seed 0's checkpoint, for each fallback in ``--shield-fallbacks`` (default both:
-    "nearest" and "actor"), at ``delta = 0`` and at the offline conformal ``delta`` (``calibrate(ckpt,
-    "offline", eps=--eps)`` on the held-out episodes) when finite, plus each fixed ``--shield-deltas`` value
+    ``SafeFQLShield`` with seed 0's checkpoint (``--shield-seeds K``: each of the first K seeds'
+    checkpoints, every number then the mean over them, with its std), for each fallback in
+    ``--shield-fallbacks`` (default both: "nearest" and "actor"), at ``delta = 0`` and at the offline
+    conformal ``delta`` (``calibrate(ckpt, "offline", eps=--eps)`` on the held-out episodes, each
+    checkpoint its own) when finite, plus each fixed ``--shield-deltas`` value
     (a sweep of the trade-off between cost and interventions). Reported: episode-cost reduction (target
     >= 80% while the agent still acts), return change, intervention rate. ``--reuse-safefql`` evaluates a
     finished SafeFQL run of the same config, seeds and dataset again (``trainer.finished_run``) instead of
@@ -161,6 +163,35 @@ def shield_cost_target(shield: dict[str, Any], variants: list[str]) -> dict[str,
             met.append(v)
     rule = f"reduction >= 0.8 with intervention rate <= {MAX_INTERVENTION_RATE:g}"
     return out | {"met_by": met, "met": bool(met), "rule": rule}
+
+
+SHIELD_AGG_KEYS = (
+    "return",
+    "cost",
+    "r_norm",
+    "c_norm",
+    "violation_rate",
+    "over_limit_rate",
+    "intervention_rate",
+    "cost_reduction",
+    "return_change",
+    "delta",
+)
+
+
+def aggregate_shield_runs(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """One shield run over several seeds' checkpoints: the mean over seeds of each summary number (so the
+    run reads like a one-seed run), its ``_std`` (ddof 1), ``seeds`` and the seeds' own summaries. A single
+    seed's summary is returned as it is."""
+    if len(per_seed) == 1:
+        return per_seed[0]
+    out = {
+        k: v for k, v in per_seed[0].items() if not isinstance(v, int | float | list) or isinstance(v, bool)
+    }
+    out |= aggregate(per_seed, SHIELD_AGG_KEYS)
+    out["episodes"] = sum(int(s["episodes"]) for s in per_seed)
+    out["per_seed"] = per_seed
+    return out
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -777,50 +808,65 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
     # (d) shield around the goal_lidar agent
     t0 = time.perf_counter()
     shield: dict[str, Any] = {"agent": "goal_lidar (steer at the goal lidar, hazards ignored), deterministic"}
-    ckpt = paths[0]
-    cal = None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            cal = calibrate(ckpt, "offline", eps=args.eps, seed=args.seed, store=False)
-        shield["calibration"] = cal.to_dict()
-    except Exception as e:  # noqa: BLE001 - report, keep the benchmark going
-        shield["calibration"] = {"error": f"{type(e).__name__}: {e}"}
+    ckpts = paths[: args.shield_seeds]  # seed 0 first: the one-seed runs use it alone
+    cals: list[Any] = []
+    for ckpt in ckpts:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                cals.append(calibrate(ckpt, "offline", eps=args.eps, seed=args.seed, store=False))
+        except Exception as e:  # noqa: BLE001 - report, keep the benchmark going
+            shield.setdefault("calibration", {"error": f"{type(e).__name__}: {e}"})
+            cals.append(None)
+    if cals[0] is not None:
+        shield["calibration"] = cals[0].to_dict()
+    if len(ckpts) > 1:
+        shield["calibrations"] = [None if c is None else c.to_dict() for c in cals]
     goal = scripted["goal_lidar"]
     goal_act = lambda o: goal(o, None)  # noqa: E731  (noise-free policy: the rng is not used)
     n_sh = args.shield_episodes
     alone = run_episodes(make, goal_act, n_sh, EVAL_SEED, args.eval_max_steps)
     shield["alone"] = summarize(alone, r_min, r_max, args.cost_limit)
-    deltas = [(f"delta_{d:g}", d) for d in sorted({0.0, *args.shield_deltas})]
-    if cal is not None and math.isfinite(cal.delta) and not args.no_calibrated_shield:
-        deltas.append(("calibrated", float(cal.delta)))
+    deltas: list[tuple[str, list[float]]] = [
+        (f"delta_{d:g}", [d] * len(ckpts)) for d in sorted({0.0, *args.shield_deltas})
+    ]
+    own = [float(c.delta) for c in cals if c is not None and math.isfinite(c.delta)]
+    if len(own) == len(ckpts) and not args.no_calibrated_shield:
+        deltas.append(("calibrated", own))  # each checkpoint at its own calibrated delta
     # "nearest" keeps the plain keys; other fallbacks are stored as "<fallback>_<variant>"
     variants = [
-        (name if fb == "nearest" else f"{fb}_{name}", delta, fb)
+        (name if fb == "nearest" else f"{fb}_{name}", per_ckpt, fb)
         for fb in args.shield_fallbacks
-        for name, delta in deltas
+        for name, per_ckpt in deltas
     ]
-    shield["checkpoint"] = str(ckpt)
+    shield["checkpoint"] = str(ckpts[0])
+    shield["checkpoints"] = [str(c) for c in ckpts]
     shield["episodes"] = n_sh
     shield["fallbacks"] = list(args.shield_fallbacks)
-    for variant, delta, fallback in variants:
+    base_c = shield["alone"]["cost"]
+    for variant, per_ckpt, fallback in variants:
+        per_seed = []
+        for ckpt, delta in zip(ckpts, per_ckpt, strict=True):
 
-        def make_shielded(delta: float = delta, fallback: str = fallback) -> Any:
-            env = _make_env(env_id)
-            return SafeFQLShield(env, checkpoint=ckpt, mode="shield", delta=delta, fallback=fallback)
+            def make_shielded(ckpt: Path = ckpt, delta: float = delta, fallback: str = fallback) -> Any:
+                env = _make_env(env_id)
+                return SafeFQLShield(env, checkpoint=ckpt, mode="shield", delta=delta, fallback=fallback)
 
-        ep = run_episodes(make_shielded, goal_act, n_sh, EVAL_SEED, args.eval_max_steps)
-        s = summarize(ep, r_min, r_max, args.cost_limit)
-        base_c = shield["alone"]["cost"]
-        s["delta"] = delta
-        s["fallback"] = fallback
-        s["cost_reduction"] = float(1.0 - s["cost"] / base_c) if base_c > 0 else math.nan
-        s["return_change"] = float(s["return"] - shield["alone"]["return"])
-        shield[variant] = s
+            ep = run_episodes(make_shielded, goal_act, n_sh, EVAL_SEED, args.eval_max_steps)
+            s = summarize(ep, r_min, r_max, args.cost_limit)
+            s["delta"] = delta
+            s["fallback"] = fallback
+            s["cost_reduction"] = float(1.0 - s["cost"] / base_c) if base_c > 0 else math.nan
+            s["return_change"] = float(s["return"] - shield["alone"]["return"])
+            per_seed.append(s)
+        shield[variant] = aggregate_shield_runs(per_seed)
     timings["shield_s"] = time.perf_counter() - t0
     out["shield"] = shield
 
-    st = Table(title=f"{env_id}: goal_lidar agent with and without the SafeFQL shield ({n_sh} episodes)")
+    over = f" x {len(ckpts)} seeds' checkpoints, mean over seeds" if len(ckpts) > 1 else ""
+    st = Table(
+        title=f"{env_id}: goal_lidar agent with and without the SafeFQL shield ({n_sh} episodes{over})"
+    )
     cols = ("run", "fallback", "delta", "return", "cost", "c_norm", "viol. rate", "cost reduction")
     for col in (*cols, "interv. rate"):
         st.add_column(col, justify="left" if col in ("run", "fallback") else "right")
@@ -846,7 +892,8 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
             f"{s['cost']:.2f}",
             f"{s['c_norm']:.3f}",
             f"{s['violation_rate']:.2f}",
-            f"{100 * s['cost_reduction']:.1f}%",
+            f"{100 * s['cost_reduction']:.1f}%"
+            + (f" ± {100 * s['cost_reduction_std']:.1f}" if "cost_reduction_std" in s else ""),
             f"{s['intervention_rate']:.3f}",
         )
     if isinstance(shield.get("calibration"), dict) and "delta" in shield["calibration"]:
@@ -927,6 +974,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--shield-fallbacks", default="nearest,actor", help="shield fallbacks to run (nearest, actor)"
     )
     parser.add_argument(
+        "--shield-seeds", type=int, default=1, help="run the shield with the first K seeds' checkpoints"
+    )
+    parser.add_argument(
         "--reuse-safefql",
         action="store_true",
         help="skip SafeFQL training when the work dir holds a finished run with the same config and sizes",
@@ -972,10 +1022,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seeds",
         "eval_episodes",
         "shield_episodes",
+        "shield_seeds",
         "action_hold",
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.shield_seeds > args.seeds:
+        parser.error(f"--shield-seeds ({args.shield_seeds}) cannot exceed --seeds ({args.seeds})")
     if args.action_hold > 1 and args.switch_every:
         parser.error("--action-hold and --switch-every cannot be combined (switching holds no action)")
     if args.episodes < 2:

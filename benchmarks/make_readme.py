@@ -563,14 +563,15 @@ def render_safety_gym_entry(key: str, e: dict[str, Any]) -> list[str]:
                         _f(v.get("return"), ".2f"),
                         _f(v.get("cost"), ".2f"),
                         _f(v.get("violation_rate"), ".2f"),
-                        "n/a" if red is None else f"{100 * red:.1f}%",
+                        "n/a" if red is None else f"{100 * red:.1f}%" + _pm_percent(v, "cost_reduction"),
                         _f(v.get("intervention_rate"), ".3f"),
                     ]
                 )
-        lines += [
-            f"Shield: {_cell(shield.get('agent', 'n/a'))}, {_f(shield.get('episodes'), '.0f')} episodes.",
-            "",
-        ]
+        ckpts = shield.get("checkpoints")
+        seeds = len(ckpts) if isinstance(ckpts, list) else 0
+        over = f" with each of {seeds} seeds' checkpoints (mean ± std over seeds; calibrated: own delta each)"
+        agent, episodes = _cell(shield.get("agent", "n/a")), _f(shield.get("episodes"), ".0f")
+        lines += [f"Shield: {agent}, {episodes} episodes{over if seeds > 1 else ''}.", ""]
         headers = [
             "run",
             "fallback",
@@ -583,6 +584,14 @@ def render_safety_gym_entry(key: str, e: dict[str, Any]) -> list[str]:
         ]
         lines += md_table(headers, rows, align="ll" + "r" * (len(headers) - 2)) + [""]
     return lines
+
+
+def _pm_percent(v: dict[str, Any], key: str) -> str:
+    """`` ± std`` in percentage points when a multi-seed run stored ``<key>_std``, else nothing."""
+    std = _num(v.get(f"{key}_std"))
+    return (
+        "" if std is None or not _num(v.get("seeds")) or _num(v.get("seeds")) < 2 else f" ± {100 * std:.1f}"
+    )
 
 
 def _split_key(key: str) -> tuple[str, str]:
@@ -671,7 +680,7 @@ def best_acting_shield(shield: Any) -> str:
         if red is None or rate is None or rate > ACTING_MAX_INTERVENTIONS:
             continue
         how = f"{_cell(v.get('fallback', 'nearest'))}, delta {_f(v.get('delta'), '.3g')}, {rate:.2f}"
-        text = f"{100 * red:.1f}% ({how})"
+        text = f"{100 * red:.1f}%{_pm_percent(v, 'cost_reduction')} ({how})"
         if best is None or red > best[0]:
             best = (red, text)
     return "n/a" if best is None else best[1]

@@ -314,6 +314,23 @@ def test_make_readme_renders_each_shield_fallback(tmp_path):
     assert "| shielded (delta_0) | nearest | 0 | 5.00 | 10.00 | 0.50 | 75.0% | 0.250 |" in text
     assert "| shielded (delta_0) | actor | 0 | 5.00 | 10.00 | 0.50 | 50.0% | 0.250 |" in text
     assert "| shielded (delta_5) | actor | 5 | 5.00 | 10.00 | 0.50 | 70.0% | 0.250 |" in text
+    assert "Shield: goal_lidar, 20 episodes." in text
+    # a --shield-seeds run: means with their spread, and the header says over how many checkpoints
+    multi = shield | {
+        "checkpoints": ["s0.eqx", "s1.eqx", "s2.eqx"],
+        "actor_delta_0": shield["actor_delta_0"] | {"seeds": 3, "cost_reduction_std": 0.125},
+    }
+    _write(results / "safety_gym.json", {"envs": {"SafetyCarGoal1Gymnasium-v0": {"shield": multi}}})
+    assert mr.main(["--results-dir", str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "| shielded (delta_0) | actor | 0 | 5.00 | 10.00 | 0.50 | 50.0% ± 12.5 | 0.250 |" in text
+    assert "| shielded (delta_0) | nearest | 0 | 5.00 | 10.00 | 0.50 | 75.0% | 0.250 |" in text
+    assert "20 episodes with each of 3 seeds' checkpoints (mean ± std over seeds" in text
+    assert mr.best_acting_shield(multi) == "75.0% (nearest, delta 0, 0.25)"
+    assert (
+        mr.best_acting_shield({"actor_delta_0": multi["actor_delta_0"]})
+        == "50.0% ± 12.5 (actor, delta 0, 0.25)"
+    )
 
 
 def test_make_readme_says_when_a_variant_ran_on_recollected_data():
@@ -410,6 +427,23 @@ def test_bench_safety_gym_shield_target_needs_the_agent_to_act():
     assert target["interventions_delta_0"] == 0.7
 
 
+def test_bench_safety_gym_averages_a_shield_run_over_seeds():
+    sg = _load("bench_safety_gym")
+    one = {"fallback": "actor", "episodes": 20, "returns": [1.0], "steps_per_s": 9.0}
+    runs = [
+        one | {k: 0.0 for k in sg.SHIELD_AGG_KEYS} | {"cost_reduction": 0.5, "intervention_rate": 0.8},
+        one | {k: 0.0 for k in sg.SHIELD_AGG_KEYS} | {"cost_reduction": 0.7, "intervention_rate": 0.6},
+    ]
+    assert sg.aggregate_shield_runs(runs[:1]) is runs[0]  # one seed: stored as before
+    out = sg.aggregate_shield_runs(runs)
+    assert out["cost_reduction"] == pytest.approx(0.6) and out["intervention_rate"] == pytest.approx(0.7)
+    assert out["cost_reduction_std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert out["seeds"] == 2 and out["episodes"] == 40 and out["fallback"] == "actor"
+    assert out["per_seed"] == runs and "returns" not in out and "steps_per_s" not in out
+    target = sg.shield_cost_target({"actor_delta_0": out}, ["actor_delta_0"])  # judged on the means
+    assert target["value_actor_delta_0"] == pytest.approx(0.6) and not target["met"]
+
+
 def test_bench_safety_gym_rejects_unknown_shield_fallbacks(capsys):
     sg = _load("bench_safety_gym")
     with pytest.raises(SystemExit):
@@ -424,6 +458,8 @@ def test_bench_safety_gym_rejects_unknown_shield_fallbacks(capsys):
         (["--action-hold", "5", "--switch-every", "100"], "--action-hold and --switch-every cannot be"),
         (["--shield-deltas", "1,two"], "--shield-deltas must be comma-separated numbers"),
         (["--shield-deltas", "2,-1"], "--shield-deltas must be finite and >= 0"),
+        (["--shield-seeds", "0"], "--shield-seeds must be >= 1"),
+        (["--seeds", "2", "--shield-seeds", "3"], "--shield-seeds (3) cannot exceed --seeds (2)"),
     ],
 )
 def test_bench_safety_gym_rejects_bad_flags(capsys, flags, message):
