@@ -10,6 +10,8 @@ from safefql.training.networks import ACTIVATIONS
 
 ACTOR_OBJECTIVES = ("plain", "normalized")
 EPISODE_SETS = ("all", "safe")  # the episodes a loss learns from (reward_episodes, flow_episodes)
+# each such config field -> the DeviceDataset weights that carry it when set to "safe"
+EPISODE_WEIGHTS = {"reward_episodes": "reward_weights", "flow_episodes": "flow_weights"}
 _HIDDEN_FIELDS = ("critic_hidden", "value_hidden", "actor_hidden", "flow_hidden")
 
 
@@ -65,7 +67,7 @@ class SafeFQLConfig:
             raise ValueError(
                 f"actor_objective must be one of {ACTOR_OBJECTIVES}, got {self.actor_objective!r}"
             )
-        for name in ("reward_episodes", "flow_episodes"):
+        for name in EPISODE_WEIGHTS:
             if getattr(self, name) not in EPISODE_SETS:
                 raise ValueError(f"{name} must be one of {EPISODE_SETS}, got {getattr(self, name)!r}")
         for name in ("critic_lr", "actor_lr", "flow_lr"):

@@ -18,7 +18,7 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from safefql.datasets.sampler import DeviceDataset, sample_batch
-from safefql.training.config import SafeFQLConfig
+from safefql.training.config import EPISODE_WEIGHTS, SafeFQLConfig
 from safefql.training.networks import MLP, ema_update, ensemble_apply, make_ensemble
 
 Batch = dict[str, Array]
@@ -542,7 +542,7 @@ def _train_steps(state: TrainState, data: DeviceDataset, key: PRNGKeyArray, num_
 def _check_call(config: SafeFQLConfig, data: DeviceDataset, num_steps: int) -> None:
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-    for name, field in (("reward_episodes", "reward_weights"), ("flow_episodes", "flow_weights")):
+    for name, field in EPISODE_WEIGHTS.items():
         if getattr(config, name) == "safe" and getattr(data, field) is None:
             raise ValueError(
                 f"config.{name}='safe' but the dataset has no {field}: build it with "

@@ -133,10 +133,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------------------------- evaluation
-# config field -> the DeviceDataset weights it fills when set to "safe"
-_EPISODE_FIELDS = {"reward_episodes": "reward_weights", "flow_episodes": "flow_weights"}
-
-
 def device_dataset(transitions: Any, config: Any) -> Any:
     """The learner's ``DeviceDataset``: plain, or k-step held-action transitions if ``action_repeat > 1``.
 
@@ -146,8 +142,9 @@ def device_dataset(transitions: Any, config: Any) -> Any:
     """
     from safefql.datasets.load import Transitions, held_action_transitions
     from safefql.datasets.sampler import OPTIONAL_KEYS, REQUIRED_KEYS, DeviceDataset
+    from safefql.training.config import EPISODE_WEIGHTS
 
-    safe_only = [f"{name}='safe'" for name in _EPISODE_FIELDS if getattr(config, name) == "safe"]
+    safe_only = [f"{name}='safe'" for name in EPISODE_WEIGHTS if getattr(config, name) == "safe"]
     if config.action_repeat == 1 and not safe_only:
         return DeviceDataset.from_arrays(transitions)
     if not isinstance(transitions, Transitions):
@@ -170,7 +167,7 @@ def device_dataset(transitions: Any, config: Any) -> Any:
                 f"{', '.join(safe_only)}: every episode of the dataset enters the failure set (h > 0), so "
                 "there are no safe transitions to learn from; use 'all'"
             )
-        for name, key in _EPISODE_FIELDS.items():
+        for name, key in EPISODE_WEIGHTS.items():
             if getattr(config, name) == "safe":
                 arrays = {**arrays, key: weights}
     return DeviceDataset.from_arrays(arrays)
