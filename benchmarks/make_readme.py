@@ -588,10 +588,8 @@ def render_safety_gym_entry(key: str, e: dict[str, Any]) -> list[str]:
 
 def _pm_percent(v: dict[str, Any], key: str) -> str:
     """`` ± std`` in percentage points when a multi-seed run stored ``<key>_std``, else nothing."""
-    std = _num(v.get(f"{key}_std"))
-    return (
-        "" if std is None or not _num(v.get("seeds")) or _num(v.get("seeds")) < 2 else f" ± {100 * std:.1f}"
-    )
+    std, seeds = _num(v.get(f"{key}_std")), _num(v.get("seeds"))
+    return "" if std is None or seeds is None or seeds < 2 else f" ± {100 * std:.1f}"
 
 
 def _split_key(key: str) -> tuple[str, str]:

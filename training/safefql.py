@@ -177,10 +177,9 @@ def reward_critic_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig)
     y = jax.lax.stop_gradient(rewards + discount * batch["masks"] * next_v)
     q = _q_all(agent.reward_q, batch["observations"], batch["actions"])
     loss = _weighted_mean(jnp.sum((q - y[..., None]) ** 2, axis=-1), batch, "reward_weights")
-    info = {"reward_q": _weighted_mean(q.mean(-1), batch, "reward_weights")}
     return loss, {
         "reward_q_loss": loss,
-        **info,
+        "reward_q": _weighted_mean(q.mean(-1), batch, "reward_weights"),
         "reward_q_target": _weighted_mean(y, batch, "reward_weights"),
     }
 

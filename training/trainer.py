@@ -144,7 +144,8 @@ def device_dataset(transitions: Any, config: Any) -> Any:
     from safefql.datasets.sampler import OPTIONAL_KEYS, REQUIRED_KEYS, DeviceDataset
     from safefql.training.config import EPISODE_WEIGHTS
 
-    safe_only = [f"{name}='safe'" for name in EPISODE_WEIGHTS if getattr(config, name) == "safe"]
+    safe_fields = {name: key for name, key in EPISODE_WEIGHTS.items() if getattr(config, name) == "safe"}
+    safe_only = [f"{name}='safe'" for name in safe_fields]
     if config.action_repeat == 1 and not safe_only:
         return DeviceDataset.from_arrays(transitions)
     if not isinstance(transitions, Transitions):
@@ -167,9 +168,7 @@ def device_dataset(transitions: Any, config: Any) -> Any:
                 f"{', '.join(safe_only)}: every episode of the dataset enters the failure set (h > 0), so "
                 "there are no safe transitions to learn from; use 'all'"
             )
-        for name, key in EPISODE_WEIGHTS.items():
-            if getattr(config, name) == "safe":
-                arrays = {**arrays, key: weights}
+        arrays = {**arrays, **dict.fromkeys(safe_fields.values(), weights)}
     return DeviceDataset.from_arrays(arrays)
 
 
