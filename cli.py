@@ -173,19 +173,10 @@ def _config_with_overrides(dataset: str, overrides: list[str]):
     if not overrides:
         return None
     from safefql.datasets.load import dataset_env_id
-    from safefql.training.config import default_config
+    from safefql.training.config import default_config, parse_overrides
 
-    config = default_config(dataset_env_id(dataset))
-    changes = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        try:
-            changes[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            changes[key.strip()] = raw
-    return config.replace(**changes)
+    changes = parse_overrides(overrides)  # bad syntax fails before the dataset is opened
+    return default_config(dataset_env_id(dataset)).replace(**changes)
 
 
 @app.command()

@@ -194,20 +194,6 @@ def aggregate_shield_runs(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set needs key=value, got {item!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[key.strip()] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
 # ------------------------------------------------------------------------------------------- helpers
 def _clean(o: Any) -> Any:
     """Strict-JSON copy: NumPy to Python, tuples to lists, non-finite floats to strings."""
@@ -1039,6 +1025,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if bad or "safefql" not in args.methods:
         parser.error(f"--methods must include safefql and come from {list(METHODS)}; bad: {bad}")
     from safefql.shields.wrapper import FALLBACKS
+    from safefql.training.config import parse_overrides
 
     args.shield_fallbacks = [f.strip() for f in args.shield_fallbacks.split(",") if f.strip()]
     if not args.shield_fallbacks or any(f not in FALLBACKS for f in args.shield_fallbacks):
@@ -1053,7 +1040,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if any(r not in REFERENCE_POLICIES for r in args.references):
         parser.error(f"--references must come from {REFERENCE_POLICIES}")
     try:
-        args.overrides = _parse_set(args.set)
+        args.overrides = parse_overrides(args.set)
     except ValueError as e:
         parser.error(str(e))
 

@@ -34,6 +34,19 @@ SELF_COMMAND = "uv run python benchmarks/make_readme.py"
 
 
 # ------------------------------------------------------------------------------------------- helpers
+def _bench_module(name: str) -> Any:
+    """Another script of this folder, imported by path (the folder is not a package; imports are cheap)."""
+    import importlib.util
+
+    mod_name = f"_safefql_bench_{name}"  # the name bench_boat's loader uses: one module per script
+    if mod_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(mod_name, HERE / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[mod_name]
+
+
 def _get(d: Any, *keys: Any, default: Any = None) -> Any:
     """``d[k1][k2]...`` or ``default`` when any level is missing or not a mapping/list."""
     for k in keys:
@@ -664,18 +677,16 @@ def _recollected(e: dict[str, Any], main: dict[str, Any] | None) -> str:
     )
 
 
-ACTING_MAX_INTERVENTIONS = 0.9  # bench_safety_gym.MAX_INTERVENTION_RATE (its JSON states the rule)
-
-
 def best_acting_shield(shield: Any) -> str:
     """The largest cost reduction among shield runs where the agent still acts (interventions <= 0.9, the
     rule of ``bench_safety_gym.MAX_INTERVENTION_RATE``)."""
+    max_rate = _bench_module("bench_safety_gym").MAX_INTERVENTION_RATE
     best: tuple[float, str] | None = None
     for v in shield.values() if isinstance(shield, dict) else []:
         if not isinstance(v, dict):
             continue
         red, rate = _num(v.get("cost_reduction")), _num(v.get("intervention_rate"))
-        if red is None or rate is None or rate > ACTING_MAX_INTERVENTIONS:
+        if red is None or rate is None or rate > max_rate:
             continue
         how = f"{_cell(v.get('fallback', 'nearest'))}, delta {_f(v.get('delta'), '.3g')}, {rate:.2f}"
         text = f"{100 * red:.1f}%{_pm_percent(v, 'cost_reduction')} ({how})"

@@ -182,6 +182,13 @@ def _env_id(meta: dict[str, Any]) -> str | None:
     return None
 
 
+def dataset_identity(dataset_id_or_path: str | os.PathLike) -> tuple[str, str | None]:
+    """``(dataset id, env id or None)`` as ``load_transitions`` would record them, without the arrays."""
+    data, name = resolve_data_path(dataset_id_or_path)
+    meta = _read_metadata(data)
+    return str(meta.get("dataset_id", name) or dataset_id_or_path), _env_id(meta)
+
+
 def dataset_env_id(dataset_id_or_path: str | os.PathLike) -> str:
     """The env id a dataset was recorded on, read from its metadata without loading the arrays."""
     data, name = resolve_data_path(dataset_id_or_path)

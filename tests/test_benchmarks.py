@@ -214,6 +214,26 @@ def test_bench_boat_help(capsys):
         assert flag in out
 
 
+def test_boat_tries_counts_parked_and_violating_starts(capsys):
+    tries = _load("boat_tries")
+    returns = np.array([-450.0, -1390.0, -1299.0, -1301.0])
+    costs = np.array([0.0, 0.0, 3.0, 0.0])
+    row = tries.seed_row(returns, costs)
+    assert row == {
+        "return": pytest.approx(returns.mean()),
+        "violating": 1,
+        "parked": 2,
+        "parked_starts": [1, 3],
+        "violating_starts": [2],
+    }
+    with pytest.raises(SystemExit) as e:
+        tries.main(["--tag", "x", "--set", "alpha"])  # refused before any data is loaded
+    assert e.value.code == 2 and "--set expects key=value" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tries.main(["--tag", "x", "--set", "no_such_field=1"])
+    assert "unknown SafeFQLConfig fields" in capsys.readouterr().err
+
+
 def test_bench_boat_rollout_matches_library():
     boat_bench = _load("bench_boat")
     from safefql.training.calibration import boat_episodes

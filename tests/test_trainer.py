@@ -216,6 +216,16 @@ def test_train_from_a_collected_dataset_then_calibrate(tmp_path, monkeypatch):
     assert header["split"]["train_transitions"] == 3 * 400
     cal = calibrate(result.policy_paths[0], "offline", eps=0.5, seed=0)
     assert cal.n == 1 and np.isfinite(cal.delta)
+    # reuse=True finds the finished run from the dataset's metadata alone: the arrays are not loaded
+    import safefql.datasets.load as load_module
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("reuse loaded the dataset")
+
+    with monkeypatch.context() as m:
+        m.setattr(load_module, "load_transitions", no_load)
+        again = train("test/boat-tiny-v0", out_dir=run, config=TINY, steps=10, eval_episodes=0, reuse=True)
+    assert again.reused and again.policy_paths == result.policy_paths
     # without the saved file, the episodes are found again through the dataset id and the saved ids
     (run / "calib_episodes.npz").unlink()
     assert calibrate(result.policy_paths[0], "offline", eps=0.5, seed=0) == cal

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from safefql.datasets.sampler import DeviceDataset, sample_batch
-from safefql.training.config import SafeFQLConfig, default_config
+from safefql.training.config import SafeFQLConfig, default_config, parse_overrides
 from safefql.training.safefql import (
     SafeFQLAgent,
     actor_actions,
@@ -465,6 +465,43 @@ def test_critic_targets_are_stop_gradient():
         assert sum(float(jnp.abs(x).sum()) for x in _leaves(getattr(grads, trained))) > 1e-6
 
 
+@pytest.mark.parametrize("lam", [0.5, 1.0])
+def test_actor_backup_mixes_the_actors_next_q_into_the_reward_target(lam):
+    """``actor_backup = lam``: y = r + gamma mask ((1 - lam) V_r(s') + lam min_k Qbar_r^k(s', mu(s', 0)))."""
+    agent = create_train_state(LINEAR, 1, 1, jax.random.key(18)).agent
+    ident = (jnp.ones((1, 1)), jnp.zeros(1))
+    layer = lambda m: (m.layers[0].weight, m.layers[0].bias)  # noqa: E731
+    agent = eqx.tree_at(
+        lambda g: (g.reward_v, g.reward_q_target),
+        agent,
+        (
+            eqx.tree_at(layer, agent.reward_v, ident),
+            _set_linear_ensemble(agent.reward_q, [1.0, 2.0], [0.5, -0.5]),
+        ),
+    )
+    nxt = np.array([[-1.0], [0.3], [2.0]], np.float32)
+    masks = np.array([1.0, 0.0, 1.0], np.float32)
+    batch = {
+        "observations": jnp.zeros((3, 1)),
+        "actions": jnp.zeros((3, 1)),
+        "rewards": jnp.array([1.0, -2.0, 0.5]),
+        "h": jnp.zeros(3),
+        "next_observations": jnp.asarray(nxt),
+        "masks": jnp.asarray(masks),
+    }
+    cfg = LINEAR.replace(actor_backup=lam)
+    mu = np.asarray(actor_actions(agent, jnp.asarray(nxt), jnp.zeros((3, 1))))[:, 0]
+    actor_q = nxt[:, 0] + 2.0 * mu - 0.5  # the min over the two target members
+    expected = np.array([1.0, -2.0, 0.5]) + GAMMA * masks * ((1 - lam) * nxt[:, 0] + lam * actor_q)
+    _, info = eqx.filter_jit(reward_critic_loss)(agent, batch, cfg)
+    assert float(info["reward_q_target"]) == pytest.approx(expected.mean(), abs=1e-5)
+    _, iql = eqx.filter_jit(reward_critic_loss)(agent, batch, LINEAR)
+    assert float(iql["reward_q_target"]) != pytest.approx(expected.mean(), abs=1e-3)  # the mix changes y
+    grads = eqx.filter_grad(lambda g: reward_critic_loss(g, batch, cfg)[0])(agent)
+    for frozen in (grads.actor, grads.reward_q_target, grads.reward_v):
+        assert max(float(jnp.abs(x).max()) for x in _leaves(frozen)) == 0.0
+
+
 def test_reward_weights_restrict_the_reward_losses_to_weighted_rows():
     agent = create_train_state(TINY, OBS, ACT, jax.random.key(17)).agent
     arrays = {
@@ -732,6 +769,16 @@ def test_bad_arguments_raise():
         train_steps(create_train_state(TINY, OBS, ACT, jax.random.key(0)), data, jax.random.key(1), 0)
 
 
+def test_parse_overrides_reads_json_values_and_rejects_bad_items():
+    changes = parse_overrides(["alpha=3", "critic_hidden=[64, 64]", "activation=relu", "grad_clip=null"])
+    assert changes == {"alpha": 3, "critic_hidden": (64, 64), "activation": "relu", "grad_clip": None}
+    cfg = default_config("safefql/BoatNav-v0").replace(**changes)
+    assert cfg.alpha == 3.0 and cfg.critic_hidden == (64, 64) and cfg.grad_clip is None
+    for bad in ("alpha", "=3"):
+        with pytest.raises(ValueError, match="--set expects key=value"):
+            parse_overrides([bad])
+
+
 def test_config_roundtrip_and_errors():
     import json
 
@@ -770,6 +817,8 @@ def test_config_roundtrip_and_errors():
         cfg.replace(candidate_tolerance=-0.1)
     with pytest.raises(ValueError, match="cost_penalty must lie in"):
         cfg.replace(cost_penalty=-1.0)
+    with pytest.raises(ValueError, match="actor_backup must lie in"):
+        cfg.replace(actor_backup=1.5)
     with pytest.raises(ValueError, match="reward_episodes must be one of"):
         cfg.replace(reward_episodes="unsafe")
     with pytest.raises(ValueError, match="flow_episodes must be one of"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -44,6 +45,7 @@ class SafeFQLConfig:
     candidate_weight: float = 1.0  # weight of that regression (best by the gate: feasible max Q_r)
     candidate_tolerance: float = 0.0  # none feasible: best Q_r among those within this of the lowest Q_h
     cost_penalty: float = 0.0  # kappa: Q_r learns r - kappa * 1[h(s) > 0] per step (0: the pure reward)
+    actor_backup: float = 0.0  # share of Qbar_r(s', mu(s', 0)) in Q_r's target, rest V_r(s') (0: IQL)
     reward_episodes: str = "all"  # Q_r and V_r learn from "all" episodes or the "safe" ones only (no h > 0)
     flow_episodes: str = "all"  # the flow teacher clones "all" episodes or the "safe" ones only (no h > 0)
     batch_size: int = 256  # transitions per update
@@ -85,6 +87,7 @@ class SafeFQLConfig:
         _check_float("candidate_weight", self.candidate_weight, lo=0.0)
         _check_float("cost_penalty", self.cost_penalty, lo=0.0)
         _check_float("candidate_tolerance", self.candidate_tolerance, lo=0.0)
+        _check_float("actor_backup", self.actor_backup, lo=0.0, hi=1.0)
         if not isinstance(self.distill_feasible_only, bool):
             raise ValueError(f"distill_feasible_only must be a bool, got {self.distill_feasible_only!r}")
         if self.distill_feasible_only and self.alpha == 0:
@@ -158,6 +161,23 @@ def _check_float(
             f"{name} must lie in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}, "
             f"got {value!r}"
         )
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` (the ``--set`` options) -> ``{key: value}``; values parse as JSON where they
+    can (numbers, booleans, lists, which become tuples), else stay strings. ``SafeFQLConfig.replace``
+    then checks the keys and values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 # Boat (DESIGN.md section 6): 2-D state and action, sized for a 2-core CPU (~2-3 minutes of training).

@@ -161,6 +161,18 @@ def penalized_rewards(batch: Batch, config: SafeFQLConfig) -> Array:
     return batch["rewards"] - config.cost_penalty * jnp.sum((h > 0).astype(h.dtype) * discounts, axis=-1)
 
 
+def actor_next_value(agent: SafeFQLAgent, next_obs: Array, act_dim: int) -> Array:
+    """``min_k Qbar_r^k(s', mu(s', 0))``: the reward of what the gated actor itself does next (sg'd).
+
+    IQL's ``V_r(s')`` values a state by the data's best in-support continuation, which may pass where the
+    actor's gate will not let it (on the boat, the corridor under the lower rock), so the actor heads for
+    a place it then cannot leave. Backing up the actor's own action lets ``Q_r`` see that.
+    """
+    frozen = _sg(agent)
+    a_next = actor_actions(frozen, next_obs, jnp.zeros(next_obs.shape[:-1] + (act_dim,)))
+    return jax.lax.stop_gradient(_q_all(frozen.reward_q_target, next_obs, a_next).min(-1))
+
+
 def reward_critic_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) -> tuple[Array, Info]:
     """``(r' + gamma * mask * V_r(s') - Q_r^k(s, a))^2``, summed over members, mean over the batch.
 
@@ -169,9 +181,14 @@ def reward_critic_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig)
     alone only blocks once the hazard is close. With ``reward_weights`` in the batch (config
     ``reward_episodes="safe"``) only the transitions of episodes that never enter the failure set count:
     ``V_r`` then values a state by how the data's safe episodes continued from it, not by paths through a
-    hazard.
+    hazard. With ``actor_backup = lambda > 0`` the target's next value is ``(1 - lambda) V_r(s') + lambda
+    min_k Qbar_r^k(s', mu(s', 0))`` (:func:`actor_next_value`; FQL's backup at ``lambda = 1``).
     """
-    next_v = _v(agent.reward_v, batch["next_observations"])
+    next_obs = batch["next_observations"]
+    next_v = _v(agent.reward_v, next_obs)
+    if config.actor_backup > 0:  # static: the IQL target stays bit-identical at 0
+        lam = config.actor_backup
+        next_v = (1.0 - lam) * next_v + lam * actor_next_value(agent, next_obs, batch["actions"].shape[-1])
     discount = config.gamma ** _repeat(batch)  # k-step held-action batches carry discounted reward sums
     rewards = penalized_rewards(batch, config) if config.cost_penalty > 0 else batch["rewards"]
     y = jax.lax.stop_gradient(rewards + discount * batch["masks"] * next_v)

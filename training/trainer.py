@@ -491,13 +491,15 @@ def train(
 
     ``config`` defaults to ``default_config(env_id)``; ``steps`` to ``config.num_updates``. ``seeds > 1``
     trains that many agents in one vmapped program (seed keys split from ``seed``) and reports the mean and
-    spread of the eval metrics. ``calib_fraction`` of the episodes (0 disables the split) are held out and
-    saved for ``safefql calibrate``. ``eval_every`` (updates; None: about 10 evaluations per run, 0: only
-    at the end) and ``eval_episodes`` (0 disables evaluation) control evaluation, which runs when the
-    dataset's env id is registered. ``resume=True`` continues the run in ``out_dir`` exactly; an existing
-    run is otherwise refused unless ``overwrite=True``. ``reuse=True`` returns the finished run in ``out_dir``
-    without training when this call would make the same one (:func:`finished_run`; its evaluation is the
-    run's own). Raises :class:`TrainingDivergedError` on NaN/inf.
+    spread of the eval metrics; its agent ``i`` is therefore not the run ``seed=i`` would make, and all
+    agents share ``seed``'s calibration split. ``calib_fraction`` of the episodes (0 disables the split)
+    are held out and saved for ``safefql calibrate``. ``eval_every`` (updates; None: about 10 evaluations
+    per run, 0: only at the end) and ``eval_episodes`` (0 disables evaluation) control evaluation, which
+    runs when the dataset's env id is registered. ``resume=True`` continues the run in ``out_dir``
+    exactly; an existing run is otherwise refused unless ``overwrite=True``. ``reuse=True`` returns the
+    finished run in ``out_dir`` without training when this call would make the same one
+    (:func:`finished_run`, looked up from the dataset's metadata before its arrays are loaded; its
+    evaluation is the run's own). Raises :class:`TrainingDivergedError` on NaN/inf.
     """
     from safefql.training import safefql as sf
     from safefql.training.config import SafeFQLConfig, default_config
@@ -526,17 +528,15 @@ def train(
     if not resume and not overwrite and not reuse and state_path.exists():
         raise ValueError(f"{run_dir} already holds a training run; pass resume=True or overwrite=True")
 
-    # ---- data
-    if isinstance(data, str | os.PathLike):
-        from safefql.datasets.load import load_transitions
+    # ---- data (a finished run to reuse is looked up first: loading a large dataset takes a while)
+    from_disk = isinstance(data, str | os.PathLike)
+    if from_disk:
+        from safefql.datasets.load import dataset_identity, load_transitions
 
-        transitions = load_transitions(data)
-        dataset_id = str(transitions.metadata.get("dataset_id") or data)
+        dataset_id, env_id = dataset_identity(data)
     else:
-        transitions = data
-        dataset_id = (getattr(transitions, "metadata", None) or {}).get("dataset_id")
-    metadata = dict(getattr(transitions, "metadata", None) or {})
-    env_id = metadata.get("env_id")
+        metadata = dict(getattr(data, "metadata", None) or {})
+        dataset_id, env_id = metadata.get("dataset_id"), metadata.get("env_id")
     if reuse:
         found = finished_run(
             run_dir,
@@ -554,6 +554,8 @@ def train(
             raise ValueError(
                 f"{run_dir} already holds a training run of another call; pass resume=True or overwrite=True"
             )
+    transitions = load_transitions(data) if from_disk else data
+    metadata = dict(getattr(transitions, "metadata", None) or {})
     if calib_fraction > 0:
         from safefql.datasets.load import split_episodes
 
