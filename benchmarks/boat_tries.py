@@ -14,7 +14,6 @@ goal. Results go under ``--tag`` into ``--out`` (JSON, with the command and the 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shlex
 import sys
@@ -27,16 +26,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 # About -3.5 per step for 400 steps: the distance from upstream of the lower rock to the goal, held.
 PARKED_RETURN = -1300.0
-
-
-def _sibling(name: str) -> Any:
-    mod_name = f"_safefql_bench_{name}"  # the name bench_boat's loader uses: one module per script
-    if mod_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(mod_name, HERE / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[mod_name]
 
 
 def seed_row(returns: np.ndarray, costs: np.ndarray) -> dict[str, Any]:
@@ -78,7 +67,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config = default_config(BOAT_ID).replace(**parse_overrides(args.set))
     except ValueError as e:
         parser.error(str(e))
-    boat = _sibling("bench_boat")
+    if str(HERE) not in sys.path:  # the other scripts of this folder (it is not a package)
+        sys.path.insert(0, str(HERE))
+    import bench_boat as boat
+    import bench_latency
+
     transitions, _ = boat.ensure_dataset(args.dataset, 2500, progress=True)
     starts = load_boat_oracle().safe_starts(args.starts, seed=boat.START_SEED)
     res = train(
@@ -111,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "command": "uv run python benchmarks/boat_tries.py "
         + shlex.join(sys.argv[1:] if argv is None else argv),
-        "machine": _sibling("bench_latency").machine_info(),
+        "machine": bench_latency.machine_info(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     table = Table(title=f"boat, {args.tag}: {args.starts} oracle-safe starts per seed")

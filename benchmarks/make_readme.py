@@ -34,19 +34,6 @@ SELF_COMMAND = "uv run python benchmarks/make_readme.py"
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _bench_module(name: str) -> Any:
-    """Another script of this folder, imported by path (the folder is not a package; imports are cheap)."""
-    import importlib.util
-
-    mod_name = f"_safefql_bench_{name}"  # the name bench_boat's loader uses: one module per script
-    if mod_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(mod_name, HERE / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[mod_name]
-
-
 def _get(d: Any, *keys: Any, default: Any = None) -> Any:
     """``d[k1][k2]...`` or ``default`` when any level is missing or not a mapping/list."""
     for k in keys:
@@ -680,7 +667,10 @@ def _recollected(e: dict[str, Any], main: dict[str, Any] | None) -> str:
 def best_acting_shield(shield: Any) -> str:
     """The largest cost reduction among shield runs where the agent still acts (interventions <= 0.9, the
     rule of ``bench_safety_gym.MAX_INTERVENTION_RATE``)."""
-    max_rate = _bench_module("bench_safety_gym").MAX_INTERVENTION_RATE
+    if str(HERE) not in sys.path:  # the other scripts of this folder (it is not a package)
+        sys.path.insert(0, str(HERE))
+    from bench_safety_gym import MAX_INTERVENTION_RATE as max_rate
+
     best: tuple[float, str] | None = None
     for v in shield.values() if isinstance(shield, dict) else []:
         if not isinstance(v, dict):
