@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from safefql.training.trainer import train
 
     try:
-        config = default_config(BOAT_ID).replace(**parse_overrides(args.set))
+        overrides = parse_overrides(args.set)
+        config = default_config(BOAT_ID).replace(**overrides)
     except ValueError as e:
         parser.error(str(e))
     if str(HERE) not in sys.path:  # the other scripts of this folder (it is not a package)
@@ -88,15 +89,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for path in res.policy_paths:
         ep = boat.rollout(SafeFQLPolicy.load(path).numpy().act, starts)
         per_seed.append(seed_row(ep["returns"], ep["costs"]))
-    returns = np.array([row["return"] for row in per_seed])
     result = {
         "tag": args.tag,
-        "overrides": parse_overrides(args.set),
+        "overrides": overrides,
         "seeds": args.seeds,
         "steps": res.steps,
         "per_seed": per_seed,
-        "return_mean": float(returns.mean()),
-        "return_std": float(returns.std(ddof=1)) if returns.size > 1 else 0.0,
+        **{k: v for k, v in boat.aggregate(per_seed, ("return",)).items() if k != "seeds"},
         "training": {
             "wall_s": res.wall_time_s,
             "compile_s": res.compile_time_s,
