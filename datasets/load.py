@@ -191,10 +191,11 @@ def dataset_identity(dataset_id_or_path: str | os.PathLike) -> tuple[str, str | 
 
 def dataset_env_id(dataset_id_or_path: str | os.PathLike) -> str:
     """The env id a dataset was recorded on, read from its metadata without loading the arrays."""
-    data, name = resolve_data_path(dataset_id_or_path)
-    env_id = _env_id(_read_metadata(data))
+    dataset_id, env_id = dataset_identity(dataset_id_or_path)
     if env_id is None:
-        raise ValueError(f"dataset {name!r} does not record its env id (no env_spec or safefql metadata)")
+        raise ValueError(
+            f"dataset {dataset_id!r} does not record its env id (no env_spec or safefql metadata)"
+        )
     return env_id
 
 

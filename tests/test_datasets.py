@@ -15,7 +15,14 @@ import pytest
 from safefql.datasets import collect as collect_mod
 from safefql.datasets import policies as pol
 from safefql.datasets.collect import CollectSummary, EpisodeRecord, collect, write_minari_dataset
-from safefql.datasets.load import Transitions, held_action_transitions, load_transitions, split_episodes
+from safefql.datasets.load import (
+    Transitions,
+    dataset_env_id,
+    dataset_identity,
+    held_action_transitions,
+    load_transitions,
+    split_episodes,
+)
 from safefql.envs import BOAT_ID, boat
 from safefql.envs.oracle import load_boat_oracle
 
@@ -563,6 +570,20 @@ def test_load_errors(env_root, tmp_path):
         load_transitions(tmp_path / "empty")
     with pytest.raises(ValueError, match="reader must be"):
         load_transitions(DATASET, reader="fast")
+
+
+def test_dataset_identity_reads_only_the_metadata(env_root, tmp_path):
+    assert dataset_identity(DATASET) == (DATASET, BOAT_ID)
+    assert dataset_env_id(DATASET) == BOAT_ID
+    bare = tmp_path / "bare" / "data"
+    bare.mkdir(parents=True)
+    (bare / "metadata.json").write_text(json.dumps({"dataset_id": "bare-v0", "env_spec": None}))
+    assert dataset_identity(tmp_path / "bare") == ("bare-v0", None)
+    with pytest.raises(ValueError, match="dataset 'bare-v0' does not record its env id"):
+        dataset_env_id(tmp_path / "bare")
+    (bare / "metadata.json").write_text("{not json")
+    with pytest.raises(ValueError, match="metadata.json: not valid JSON"):
+        dataset_env_id(tmp_path / "bare")
 
 
 @pytest.mark.filterwarnings("ignore:env_spec is None")
