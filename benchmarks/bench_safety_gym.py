@@ -913,22 +913,32 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- main
-def carry_collection(env_out: dict[str, Any], previous: dict[str, Any] | None) -> None:
-    """On a reused dataset, keep the collection time that the run which collected it measured.
+def carry_collection(env_out: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+    """On a reused dataset, keep the collection time measured by the run that collected that same data.
 
-    Only when the previous entry used the same dataset id and measured a time; the copy names its run.
+    ``entries`` are the stored results (any task or tag). A run counts when it names the same dataset id,
+    measured a time, and saw the same episodes (transitions, episode return and cost statistics): a
+    dataset collected again under the same id, on another machine, is other data. The latest such run
+    wins; the copy names when it was measured.
     """
     data = env_out.get("data") or {}
-    if not data.get("reused") or not previous:
+    if not data.get("reused"):
         return
-    old = previous.get("data") or {}
-    old_collection = old.get("collection") or {}
-    if old.get("dataset_id") != data.get("dataset_id") or old_collection.get("seconds") is None:
+    contents = ("dataset_id", "transitions", "episode_return", "episode_cost")
+    matches = []
+    for entry in entries.values():
+        old = entry.get("data") or {}
+        seconds = (old.get("collection") or {}).get("seconds")
+        if seconds is not None and all(old.get(k) == data.get(k) for k in contents):
+            matches.append(entry)
+    if not matches:
         return
+    source = max(matches, key=lambda e: str(e.get("timestamp", "")))
+    old_collection = source["data"]["collection"]
     data["collection"] = dict(
         old_collection,
         note="dataset reused (--reuse-data); collection time measured by the run that collected it",
-        measured_at=previous.get("timestamp"),
+        measured_at=old_collection.get("measured_at", source.get("timestamp")),
     )
 
 
@@ -1116,7 +1126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "wall_time_s": time.perf_counter() - t0,
         }
         key = env_id if not args.tag else f"{env_id} [{args.tag}]"
-        carry_collection(env_out, result["envs"].get(key))
+        carry_collection(env_out, result["envs"])
         result["envs"][key] = env_out
         result["updated"] = env_out["timestamp"]
         atomic_write_text(args.out, json.dumps(_clean(result), indent=1) + "\n")

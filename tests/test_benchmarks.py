@@ -289,25 +289,51 @@ def test_bench_demo_rejects_non_positive_sizes(flag, capsys):
 
 def test_bench_safety_gym_keeps_the_collection_time_of_a_reused_dataset():
     sg = _load("bench_safety_gym")
-    collected = {"seconds": 372.0, "steps_per_s": 410.0}
-    previous = {"timestamp": "T0", "data": {"dataset_id": "bench/x-v0", "collection": collected}}
+    stats = {"transitions": 1000, "episode_return": {"mean": 13.5}, "episode_cost": {"mean": 26.8}}
+    collected = {"seconds": 117.0, "steps_per_s": 1293.0}
     reused = {"seconds": None, "note": "reused an existing dataset (--reuse-data)"}
+    entries = {
+        # the same id collected again elsewhere: other episodes, so not this data's time
+        "task": {
+            "timestamp": "T0",
+            "data": {
+                "dataset_id": "bench/x-v0",
+                **stats,
+                "episode_return": {"mean": 1.0},
+                "collection": {"seconds": 437.0},
+            },
+        },
+        "task [variant]": {
+            "timestamp": "T1",
+            "data": {"dataset_id": "bench/x-v0", **stats, "collection": collected},
+        },
+    }
 
-    out = {"data": {"dataset_id": "bench/x-v0", "reused": True, "collection": dict(reused)}}
-    sg.carry_collection(out, previous)
-    assert out["data"]["collection"]["seconds"] == 372.0
-    assert out["data"]["collection"]["measured_at"] == "T0"
+    def reused_out(**changes):
+        return {
+            "data": {"dataset_id": "bench/x-v0", **stats, "reused": True, "collection": dict(reused)}
+            | changes
+        }
 
-    for data in (
-        {"dataset_id": "bench/other-v0", "reused": True, "collection": dict(reused)},  # another dataset
-        {"dataset_id": "bench/x-v0", "reused": False, "collection": {"seconds": 5.0}},  # measured now
+    out = reused_out()
+    sg.carry_collection(out, entries)
+    assert out["data"]["collection"]["seconds"] == 117.0
+    assert out["data"]["collection"]["measured_at"] == "T1"
+    entries["task"] = out | {"timestamp": "T2"}  # a carried time is carried on with its first date
+    out = reused_out()
+    sg.carry_collection(out, entries)
+    assert (out["data"]["collection"]["seconds"], out["data"]["collection"]["measured_at"]) == (117.0, "T1")
+
+    for out in (
+        reused_out(dataset_id="bench/other-v0"),  # another dataset
+        reused_out(transitions=999),  # other contents under the same id
+        {"data": {"dataset_id": "bench/x-v0", **stats, "reused": False, "collection": {"seconds": 5.0}}},
     ):
-        out = {"data": data}
         before = json.dumps(out)
-        sg.carry_collection(out, previous)
+        sg.carry_collection(out, entries)
         assert json.dumps(out) == before
-    out = {"data": {"dataset_id": "bench/x-v0", "reused": True, "collection": dict(reused)}}
-    sg.carry_collection(out, None)
+    out = reused_out()
+    sg.carry_collection(out, {})
     assert out["data"]["collection"]["seconds"] is None
 
 
