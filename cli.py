@@ -85,6 +85,12 @@ def collect(
         int | None,
         typer.Option(help="Steps each behaviour decision is held for (default: 10 on the boat, else 1)."),
     ] = None,
+    margin: Annotated[
+        str,
+        typer.Option(
+            help="Safety-Gymnasium h: 'surrogate' (kappa if cost > 0 else -1) or 'hazard_distance' (Goal1)."
+        ),
+    ] = "surrogate",
 ) -> None:
     """Roll out scripted behaviour policies and write a Minari dataset with cost and h signals."""
     import safefql  # noqa: F401
@@ -100,6 +106,7 @@ def collect(
             overwrite=overwrite,
             kappa=kappa,
             action_hold=action_hold,
+            margin=margin,
         )
     except USER_ERRORS as exc:
         raise _fail(exc) from exc

@@ -42,6 +42,9 @@ policy is re-drawn from the mixture every N steps inside each episode (``collect
 so that safe continuations exist from the states the reward-greedy policies visit; ``--action-hold K``
 collects with every behaviour decision held for K steps (``collect(action_hold=K)``, as the boat data), so
 that critics trained with ``--set action_repeat=K`` see K-step held-action transitions.
+``--margin hazard_distance`` collects with ``h`` = minus the signed distance to the hazard disks (exact on the
+Goal1 tasks, where the hazards are the only constrained objects; dataset id suffix ``-hd``) instead of the
+binary-cost surrogate, so that the safety critic sees how near a hazard each state is.
 
 Prints rich tables and writes ``benchmarks/results/safety_gym.json`` (atomic; results of each env are merged
 into an existing file, so tasks can be run one at a time) with every number, the sizes, the command and the
@@ -454,12 +457,14 @@ def stage_data(env_id: str, args: Any, console: Any) -> tuple[Any, dict[str, Any
     name = env_id.replace("Gymnasium-v0", "").replace("Safety", "")
     switch = f"-sw{args.switch_every}" if args.switch_every else ""
     hold = f"-hold{args.action_hold}" if args.action_hold > 1 else ""
-    dataset_id = f"bench/{name}-mix{args.episodes}{switch}{hold}-s{args.data_seed}-v0"
+    hazard = "-hd" if args.margin == "hazard_distance" else ""
+    dataset_id = f"bench/{name}-mix{args.episodes}{switch}{hold}{hazard}-s{args.data_seed}-v0"
     report: dict[str, Any] = {
         "dataset_id": dataset_id,
         "mixture": mixture,
         "episodes": args.episodes,
         "action_hold": args.action_hold,
+        "margin": args.margin,
     }
     reused = args.reuse_data and dataset_path(dataset_id).exists()
     if reused:
@@ -479,6 +484,7 @@ def stage_data(env_id: str, args: Any, console: Any) -> tuple[Any, dict[str, Any
             overwrite=True,
             progress=args.progress,
             action_hold=args.action_hold,
+            margin=args.margin,
         )
         console.print(summary.table())
         report["collection"] = {
@@ -503,6 +509,7 @@ def stage_data(env_id: str, args: Any, console: Any) -> tuple[Any, dict[str, Any
         "obs_dim": transitions.obs_dim,
         "act_dim": transitions.act_dim,
         "kappa": meta.get("kappa"),
+        "h_source": meta.get("h_source"),
         "hdf5_bytes": int(sum(p.stat().st_size for p in Path(report["path"]).rglob("*") if p.is_file())),
         "episode_return": {
             "min": float(returns.min()),
@@ -985,6 +992,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--action-hold", type=int, default=1, help="behaviour decisions held for K steps in the data"
     )
     parser.add_argument("--kappa", type=float, default=None, help="relabel h = kappa if cost > 0 else -1")
+    parser.add_argument(
+        "--margin",
+        default="surrogate",
+        choices=("surrogate", "hazard_distance"),
+        help="the data's h: the binary-cost surrogate, or minus the distance to the hazards (Goal1)",
+    )
     parser.add_argument("--tag", default="", help="store the results under '<env id> [<tag>]' (variants)")
     parser.add_argument("--quick", action="store_true", help="tiny everything: a smoke run")
     parser.add_argument(
@@ -1027,6 +1040,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--shield-seeds ({args.shield_seeds}) cannot exceed --seeds ({args.seeds})")
     if args.action_hold > 1 and args.switch_every:
         parser.error("--action-hold and --switch-every cannot be combined (switching holds no action)")
+    if args.margin != "surrogate" and (args.switch_every or args.kappa is not None):
+        parser.error("--margin hazard_distance cannot be combined with --switch-every or --kappa")
     if args.episodes < 2:
         parser.error("--episodes must be >= 2 (one episode is held out for calibration)")
     args.envs = [ENV_ALIASES.get(e.strip().lower(), e.strip()) for e in args.envs.split(",") if e.strip()]
@@ -1094,6 +1109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "tag",
             "switch_every",
             "action_hold",
+            "margin",
         )
     }
     existing: dict[str, Any] = {}

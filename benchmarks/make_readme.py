@@ -618,6 +618,7 @@ _VARIANT_SETTINGS = {
     "action_hold": 1,
     "switch_every": 0,
     "mixture": None,
+    "margin": "surrogate",
 }
 
 

@@ -699,7 +699,11 @@ def _live_episodes(
                 policy=names[k],
                 seed=int(ep_seeds[e]),
             )
-        if _is_safety_gym(env_id):
+        if _is_safety_gym(env_id) and meta.get("margin") == "hazard_distance":
+            meta["h_source"] = (
+                "hazard_distance (Safety-Gymnasium wrapper, h = max_i (r_i - d_i) over the hazards)"
+            )
+        elif _is_safety_gym(env_id):
             meta["h_source"] = "surrogate (Safety-Gymnasium wrapper, h = kappa if cost > 0 else -1)"
         else:
             meta["h_source"] = "+".join(sorted(h_sources))
@@ -723,13 +727,17 @@ def collect(
     safe_start_fraction: float = DEFAULT_SAFE_START_FRACTION,
     chunk_episodes: int = DEFAULT_CHUNK_EPISODES,
     action_hold: int | None = None,
+    margin: str = "surrogate",
 ) -> CollectSummary:
     """Roll out a policy mixture on ``env_id`` and write the Minari dataset ``dataset_id``.
 
     ``mixture``: ``"name:weight,..."`` (``None``: the env's default mixture, ``DEFAULT_BOAT_MIXTURE`` for
     the boat); one policy is drawn per episode. ``kappa``: surrogate margin for envs that report only a
-    binary cost. ``safe_start_fraction``/``chunk_episodes``: boat only (episodes simulated per batch; part
-    of the seed's meaning). ``dataset_id`` ``None`` uses ``default_dataset_id(env_id)``.
+    binary cost. ``margin``: Safety-Gymnasium only, what ``h`` is: ``"surrogate"`` (``kappa`` if cost > 0
+    else -1) or ``"hazard_distance"`` (minus the signed distance to the hazards, ``Goal1`` tasks; see
+    ``safefql.envs.safety_gym.SafetyGymCostInfo``); recorded as metadata ``margin``.
+    ``safe_start_fraction``/``chunk_episodes``: boat only (episodes simulated per batch; part of the seed's
+    meaning). ``dataset_id`` ``None`` uses ``default_dataset_id(env_id)``.
     ``action_hold``: the behaviour policies decide every ``action_hold`` steps (from each episode's first
     step) and repeat their action in between, so the data holds exact k-step held-action transitions for
     learners with ``action_repeat = k`` (any divisor of ``action_hold``); ``None``:
@@ -755,6 +763,14 @@ def collect(
     if isinstance(action_hold, bool) or int(action_hold) != action_hold or action_hold < 1:
         raise ValueError(f"action_hold must be a positive integer, got {action_hold}")
     action_hold = int(action_hold)
+    from safefql.envs.safety_gym import SAFETY_GYM_MARGINS
+
+    if margin not in SAFETY_GYM_MARGINS:
+        raise ValueError(f"margin must be one of {SAFETY_GYM_MARGINS}, got {margin!r}")
+    if margin != "surrogate" and not _is_safety_gym(env_id):
+        raise ValueError(
+            f"margin {margin!r} is a Safety-Gymnasium option; {env_id!r} reports its own h (use 'surrogate')"
+        )
     dataset_id = validate_dataset_id(dataset_id if dataset_id is not None else default_dataset_id(env_id))
     refuse_existing(dataset_id, overwrite)
     if mixture is None:
@@ -762,7 +778,7 @@ def collect(
     mix = as_mixture(mixture, available_policies(env_id))
     assignment = mix.assign(episodes, np.random.default_rng([seed, 0]))
 
-    env = _make_env(env_id, kappa)
+    env = _make_env(env_id, kappa, margin)
     try:
         obs_space, act_space = env.observation_space, env.action_space
         if not isinstance(act_space, gym.spaces.Box):
@@ -804,6 +820,10 @@ def collect(
         else:
             policies = [_make_live_policy(n, env, env_id) for n in mix.names]
             meta.update({"collector": "live env, batch 1", "kappa": float(kappa)})
+            if _is_safety_gym(env_id):
+                meta["margin"] = margin
+                if margin != "surrogate":
+                    meta["kappa"] = None
             # _live_episodes sets meta["h_source"] when it finishes; the writer reads meta afterwards.
             gen = _live_episodes(
                 env, env_id, mix.names, policies, assignment, seed, kappa, meta, progress, action_hold
@@ -826,10 +846,10 @@ def collect(
     return _summary_from_written(written, time.perf_counter() - t0)
 
 
-def _make_env(env_id: str, kappa: float) -> gym.Env:
-    """``gym.make(env_id)``; Safety-Gymnasium ids get the surrogate margin's ``kappa``."""
+def _make_env(env_id: str, kappa: float, margin: str = "surrogate") -> gym.Env:
+    """``gym.make(env_id)``; Safety-Gymnasium ids get the margin's ``kappa`` and kind."""
     if _is_safety_gym(env_id):
-        return gym.make(env_id, kappa=float(kappa))
+        return gym.make(env_id, kappa=float(kappa), margin=margin)
     return gym.make(env_id)
 
 

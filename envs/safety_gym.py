@@ -40,6 +40,9 @@ from gymnasium.envs.registration import EnvSpec
 SAFETY_GYM_KAPPA = 25.0
 """Default surrogate margin for a binary cost: ``h = kappa if cost > 0 else -1`` (FISOR, SafeFQL)."""
 
+SAFETY_GYM_MARGINS = ("surrogate", "hazard_distance")
+"""What ``info["h"]`` is: the binary-cost surrogate, or minus the signed distance to the hazards."""
+
 ENTRY_POINT = "safefql.envs.safety_gym:make_safety_gym_env"
 
 # ---------------------------------------------------------------------------------------------------------
@@ -482,27 +485,43 @@ class SafetyToGymnasium(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 
 class SafetyGymCostInfo(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Adds ``info["cost"]`` and the surrogate margin ``info["h"]`` at reset and at every step.
+    """Adds ``info["cost"]`` and a safety margin ``info["h"]`` at reset and at every step.
 
-    ``h = kappa if cost > 0 else -1.0`` (DESIGN.md section 1). The info dict has the same keys and types at
-    reset and step (Minari needs that): ``cost`` (float), ``h`` (float), ``goal_met`` (bool, from the inner
-    step info, False when absent). Other inner info keys are dropped because they vary from step to step.
-    The wrapped env must report a step-time ``info["cost"]``; the reset cost is the reset info's ``cost``
-    if present, else Safety-Gymnasium's own reset cost (``unwrapped.cost["cost_sum"]``), else 0.0.
+    ``margin="surrogate"`` (the default, DESIGN.md section 1): ``h = kappa if cost > 0 else -1.0``.
+    ``margin="hazard_distance"``: ``h = max_i (r_i - d_i)``, with ``d_i`` the planar distance from the agent
+    to hazard ``i`` and ``r_i`` its radius, i.e. minus the signed distance to the union of the hazard disks
+    (:func:`hazard_distance_margin`). It is exact only where the hazards are the task's only constrained
+    objects (the ``Goal1`` tasks), so other tasks are refused; ``h > 0`` exactly when the agent is inside a
+    hazard, which is when Safety-Gymnasium charges the hazard cost.
+
+    The info dict has the same keys and types at reset and step (Minari needs that): ``cost`` (float),
+    ``h`` (float), ``goal_met`` (bool, from the inner step info, False when absent). Other inner info keys
+    are dropped because they vary from step to step. The wrapped env must report a step-time
+    ``info["cost"]``; the reset cost is the reset info's ``cost`` if present, else Safety-Gymnasium's own
+    reset cost (``unwrapped.cost["cost_sum"]``), else 0.0.
     """
 
-    def __init__(self, env: gym.Env, kappa: float = SAFETY_GYM_KAPPA) -> None:
+    def __init__(self, env: gym.Env, kappa: float = SAFETY_GYM_KAPPA, margin: str = "surrogate") -> None:
         kappa = float(kappa)
         if not math.isfinite(kappa) or kappa <= 0.0:
             raise ValueError(
                 f"kappa must be a finite positive float (h = kappa inside the failure set), got {kappa}"
             )
-        gym.utils.RecordConstructorArgs.__init__(self, kappa=kappa)
+        if margin not in SAFETY_GYM_MARGINS:
+            raise ValueError(f"margin must be one of {SAFETY_GYM_MARGINS}, got {margin!r}")
+        gym.utils.RecordConstructorArgs.__init__(self, kappa=kappa, margin=margin)
         gym.Wrapper.__init__(self, env)
         self.kappa = kappa
+        self.margin = margin
+        if margin == "hazard_distance":
+            check_hazard_distance_task(env.unwrapped)
 
     def _info(self, cost: float, goal_met: bool) -> dict[str, Any]:
-        return {"cost": cost, "h": self.kappa if cost > 0.0 else -1.0, "goal_met": goal_met}
+        if self.margin == "hazard_distance":
+            h = hazard_distance_margin(self.env.unwrapped)
+        else:
+            h = self.kappa if cost > 0.0 else -1.0
+        return {"cost": cost, "h": h, "goal_met": goal_met}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Reset; the info carries the initial state's cost and margin."""
@@ -526,10 +545,52 @@ class SafetyGymCostInfo(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return obs, reward, terminated, truncated, new_info
 
 
+def _task_objects(builder: Any) -> dict[str, Any]:
+    task = getattr(builder, "task", None)
+    if task is None:
+        raise ValueError(
+            f"margin 'hazard_distance' needs a Safety-Gymnasium navigation env (env.unwrapped.task), got "
+            f"{type(builder).__name__}"
+        )
+    objects: dict[str, Any] = {}
+    for group in ("_geoms", "_free_geoms", "_mocaps"):
+        objects.update(getattr(task, group, None) or {})
+    return objects
+
+
+def check_hazard_distance_task(builder: Any) -> None:
+    """Raise unless the task's only constrained objects are hazards (then the hazard margin is exact)."""
+    constrained = sorted(name for name, obj in _task_objects(builder).items() if obj.is_constrained)
+    if constrained != ["hazards"]:
+        task = type(builder.task).__name__
+        raise ValueError(
+            f"margin 'hazard_distance' is exact only when the hazards are the task's only constrained "
+            f"objects; {task} constrains {constrained or 'nothing'}. Use margin='surrogate' for this task"
+        )
+
+
+def hazard_distance_margin(builder: Any) -> float:
+    """``max_i (r_i - d_i)`` over the hazards of a Safety-Gymnasium ``Builder``'s current state.
+
+    Positive inside a hazard, and minus the planar distance to the nearest hazard disk outside.
+    """
+    task = builder.task
+    hazards = _task_objects(builder)["hazards"]
+    agent_xy = np.asarray(task.agent.pos, dtype=np.float64)[:2]
+    centres = np.asarray(hazards.pos, dtype=np.float64).reshape(-1, 3)[:, :2]
+    return float(np.max(float(hazards.size) - np.linalg.norm(centres - agent_xy, axis=1)))
+
+
 def make_safety_gym_env(
-    env_id: str, kappa: float = SAFETY_GYM_KAPPA, fast_reset: bool = True, **kwargs: Any
+    env_id: str,
+    kappa: float = SAFETY_GYM_KAPPA,
+    fast_reset: bool = True,
+    margin: str = "surrogate",
+    **kwargs: Any,
 ) -> gym.Env:
     """Entry point of the registered ``Safety*Gymnasium-v*`` ids: a 5-tuple env with cost/h infos.
+
+    ``kappa`` and ``margin`` choose ``info["h"]`` (:class:`SafetyGymCostInfo`).
 
     ``kwargs`` go to the Safety-Gymnasium constructor (``render_mode``, ``width``, ``height``,
     ``camera_name``, ...). ``fast_reset`` swaps the skybox images for a builtin one when the env can never
@@ -550,7 +611,7 @@ def make_safety_gym_env(
         getattr(env, "task", None), "observe_vision", False
     )
     return SafetyGymCostInfo(
-        SafetyToGymnasium(env, plain_skybox=bool(fast_reset) and not renders), kappa=kappa
+        SafetyToGymnasium(env, plain_skybox=bool(fast_reset) and not renders), kappa=kappa, margin=margin
     )
 
 
@@ -578,10 +639,13 @@ __all__ = [
     "ENTRY_POINT",
     "SAFETY_GYM_IDS",
     "SAFETY_GYM_KAPPA",
+    "SAFETY_GYM_MARGINS",
     "SAFETY_GYM_SPECS",
     "SafetyGymCostInfo",
     "SafetyToGymnasium",
     "apply_compat_patches",
+    "check_hazard_distance_task",
+    "hazard_distance_margin",
     "import_safety_gymnasium",
     "make_safety_gym_env",
     "register_safety_gym_envs",

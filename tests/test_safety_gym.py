@@ -284,6 +284,54 @@ def test_cost_and_h_follow_the_hazards(point_env):
     assert seen_cost >= 5
 
 
+@pytest.mark.parametrize(("env_id", "tol"), [(POINT, 1e-9), (CAR, 1e-2)])
+def test_hazard_distance_margin_is_the_distance_the_lidar_reads(env_id, tol):
+    # margin="hazard_distance": h = r - d to the nearest hazard, so h > 0 exactly on the costly steps, and
+    # (hazards within the lidar's 3 m) h is what the observation's hazard lidar reads: 1 - d / 3 per bin,
+    # so the margin of logged data is a function of its observations. The Car's lidar reads in the body
+    # frame, which tilts as it drives (up to ~5 mm off the planar distance that decides the cost).
+    env = _make(env_id, margin="hazard_distance")
+    layout = sgp.observation_layout(env)
+    task = env.unwrapped.task
+    pol = sgp.make_safety_gym_policy("goal_lidar", env)
+    rng = np.random.default_rng(0)
+    hs, costs = [], []
+    for seed in range(4):
+        obs, info = env.reset(seed=seed)
+        hs.append(info["h"])
+        costs.append(info["cost"])
+        for _ in range(300):
+            obs, _, _, _, info = env.step(pol(obs, rng))
+            assert set(info) == {"cost", "h", "goal_met"} and isinstance(info["h"], float)
+            nearest = layout.part(obs, "hazards_lidar").max()
+            assert nearest > 0.0
+            lidar_h = task.hazards.size - task.lidar_conf.max_dist * (1.0 - nearest)
+            assert info["h"] == pytest.approx(lidar_h, abs=tol)
+            hs.append(info["h"])
+            costs.append(info["cost"])
+    hs, costs = np.asarray(hs), np.asarray(costs)
+    assert np.array_equal(hs > 0.0, costs > 0.0)
+    assert (costs > 0).sum() >= 5 and hs.min() < -0.5  # inside a hazard and far from all of them
+    assert np.all(hs <= task.hazards.size)
+    # The margin is a constructor argument: Minari's JSON spec -> gym.make keeps it.
+    remade = gym.make(gym.envs.registration.EnvSpec.from_json(env.spec.to_json()))
+    assert remade.spec.kwargs["margin"] == "hazard_distance"
+    _, info = remade.reset(seed=0)
+    assert info["h"] not in (-1.0, 25.0)
+    env.close()
+    remade.close()
+
+
+def test_hazard_distance_margin_refuses_tasks_it_does_not_describe():
+    # Goal2 also constrains the vases (contact costs), so a hazard distance would miss costly steps.
+    with pytest.raises(ValueError, match=r"GoalLevel2 constrains \['hazards', 'vases'\]"):
+        _make("SafetyPointGoal2Gymnasium-v0", margin="hazard_distance")
+    with pytest.raises(ValueError, match="needs a Safety-Gymnasium navigation env"):
+        safety_gym.SafetyGymCostInfo(_ToyCostEnv(), margin="hazard_distance")
+    with pytest.raises(ValueError, match="margin must be one of"):
+        safety_gym.SafetyGymCostInfo(_ToyCostEnv(), margin="distance")
+
+
 def test_cost_info_wrapper_rule_and_kappa():
     env = safety_gym.SafetyGymCostInfo(_ToyCostEnv(), kappa=7.5)
     obs, info = env.reset(seed=0)

@@ -101,6 +101,27 @@ def test_dataset_loads_with_surrogate_margin(point_run: dict, monkeypatch: pytes
     assert set(np.unique(t.h).tolist()) <= {-1.0, 25.0}
     np.testing.assert_array_equal(t.h > 0, t.costs > 0)
     assert t.metadata["env_id"] == POINT and t.metadata["kappa"] == 25.0
+    assert t.metadata["margin"] == "surrogate" and t.metadata["h_source"].startswith("surrogate")
+
+
+def test_collect_with_hazard_distance_margin(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safefql.datasets.collect import collect
+    from safefql.datasets.load import load_transitions
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    collect(POINT, "goal_lidar:1", 1, 0, "test/point-goal1-hd-v0", progress=False, margin="hazard_distance")
+    t = load_transitions("test/point-goal1-hd-v0")
+    meta = t.metadata
+    assert meta["margin"] == "hazard_distance" and meta["kappa"] is None
+    assert meta["h_source"].startswith("hazard_distance")
+    # a distance in metres (hazard radius 0.2), not the surrogate's {-1, 25}; positive exactly when costly
+    assert np.unique(t.h).size > 100 and t.h.max() <= 0.2 and t.h.min() < -0.3
+    assert (t.costs > 0).any()
+    np.testing.assert_array_equal(t.h > 0, t.costs > 0)
+    with pytest.raises(ValueError, match="margin 'hazard_distance' is a Safety-Gymnasium option"):
+        collect("safefql/BoatNav-v0", None, 1, 0, "test/boat-hd-v0", margin="hazard_distance")
+    with pytest.raises(ValueError, match="margin must be one of"):
+        collect(POINT, None, 1, 0, "test/point-bad-v0", margin="lidar")
 
 
 def test_checkpoint_spaces_match_env(point_run: dict) -> None:
