@@ -632,6 +632,12 @@ def boat_starts(episodes: int, seed: int, safe_start_fraction: float) -> tuple[n
 # --------------------------------------------------------------------------------------------------
 # Live env path
 # --------------------------------------------------------------------------------------------------
+_SAFETY_GYM_H_SOURCES = {
+    "surrogate": "surrogate (Safety-Gymnasium wrapper, h = kappa if cost > 0 else -1)",
+    "hazard_distance": "hazard_distance (Safety-Gymnasium wrapper, h = max_i (r_i - d_i) over the hazards)",
+}
+
+
 def _cost_h(info: Mapping[str, Any], kappa: float, env_id: str, where: str) -> tuple[float, float, str]:
     if "cost" not in info:
         raise ValueError(
@@ -699,12 +705,8 @@ def _live_episodes(
                 policy=names[k],
                 seed=int(ep_seeds[e]),
             )
-        if _is_safety_gym(env_id) and meta.get("margin") == "hazard_distance":
-            meta["h_source"] = (
-                "hazard_distance (Safety-Gymnasium wrapper, h = max_i (r_i - d_i) over the hazards)"
-            )
-        elif _is_safety_gym(env_id):
-            meta["h_source"] = "surrogate (Safety-Gymnasium wrapper, h = kappa if cost > 0 else -1)"
+        if _is_safety_gym(env_id):
+            meta["h_source"] = _SAFETY_GYM_H_SOURCES[meta["margin"]]
         else:
             meta["h_source"] = "+".join(sorted(h_sources))
     finally:
@@ -763,10 +765,6 @@ def collect(
     if isinstance(action_hold, bool) or int(action_hold) != action_hold or action_hold < 1:
         raise ValueError(f"action_hold must be a positive integer, got {action_hold}")
     action_hold = int(action_hold)
-    from safefql.envs.safety_gym import SAFETY_GYM_MARGINS
-
-    if margin not in SAFETY_GYM_MARGINS:
-        raise ValueError(f"margin must be one of {SAFETY_GYM_MARGINS}, got {margin!r}")
     if margin != "surrogate" and not _is_safety_gym(env_id):
         raise ValueError(
             f"margin {margin!r} is a Safety-Gymnasium option; {env_id!r} reports its own h (use 'surrogate')"
@@ -820,10 +818,8 @@ def collect(
         else:
             policies = [_make_live_policy(n, env, env_id) for n in mix.names]
             meta.update({"collector": "live env, batch 1", "kappa": float(kappa)})
-            if _is_safety_gym(env_id):
-                meta["margin"] = margin
-                if margin != "surrogate":
-                    meta["kappa"] = None
+            if _is_safety_gym(env_id):  # the env's SafetyGymCostInfo has validated the margin
+                meta.update({"margin": margin, "kappa": float(kappa) if margin == "surrogate" else None})
             # _live_episodes sets meta["h_source"] when it finishes; the writer reads meta afterwards.
             gen = _live_episodes(
                 env, env_id, mix.names, policies, assignment, seed, kappa, meta, progress, action_hold
