@@ -361,17 +361,30 @@ def load_avg() -> list[float] | None:
 
 
 def collect_switching(
-    env_id: str, mixture: str, episodes: int, seed: int, dataset_id: str, switch_every: int, progress: bool
+    env_id: str,
+    mixture: str,
+    episodes: int,
+    seed: int,
+    dataset_id: str,
+    switch_every: int,
+    progress: bool,
+    margin: str = "surrogate",
 ) -> dict[str, Any]:
     """A prototype collection in which the behaviour policy is re-drawn from the mixture every
     ``switch_every`` steps inside each episode (``collect`` draws one policy per episode), written with
-    ``collect.write_minari_dataset``. Returns timings and per-policy step statistics."""
+    ``collect.write_minari_dataset``; ``h`` is the env's ``margin`` (``gym.make(env_id, margin=...)``).
+    Returns timings and per-policy step statistics."""
+    import gymnasium as gym
+
+    from safefql.datasets.collect import _SAFETY_GYM_H_SOURCES as H_SOURCES
     from safefql.datasets.collect import EpisodeRecord, available_policies, write_minari_dataset
     from safefql.datasets.policies import as_mixture
     from safefql.datasets.policies_safety_gym import make_safety_gym_policy
 
     mix = as_mixture(mixture, available_policies(env_id))
-    env = _make_env(env_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        env = gym.make(env_id, margin=margin)
     pols = [make_safety_gym_policy(n, env) for n in mix.names]
     rng = np.random.default_rng([seed, 21])
     weights = np.asarray(mix.weights)
@@ -424,7 +437,10 @@ def collect_switching(
                 "mixture": str(mix),
                 "policy_selection": f"re-drawn from the mixture every {switch_every} steps (prototype)",
                 "seed": seed,
-                "kappa": 25.0,  # gym.make's default surrogate (SAFETY_GYM_KAPPA)
+                "margin": margin,
+                "h_source": H_SOURCES[margin],
+                # gym.make's default surrogate (SAFETY_GYM_KAPPA); the distance margin has none
+                "kappa": 25.0 if margin == "surrogate" else None,
             },
             overwrite=True,
             total=episodes,
@@ -471,7 +487,14 @@ def stage_data(env_id: str, args: Any, console: Any) -> tuple[Any, dict[str, Any
         console.print(f"[dim]reusing dataset {dataset_id} at {dataset_path(dataset_id)}[/dim]")
     elif args.switch_every:
         report["collection"] = collect_switching(
-            env_id, mixture, args.episodes, args.data_seed, dataset_id, args.switch_every, args.progress
+            env_id,
+            mixture,
+            args.episodes,
+            args.data_seed,
+            dataset_id,
+            args.switch_every,
+            args.progress,
+            margin=args.margin,
         )
         console.print(f"[dim]collected {dataset_id}: {json.dumps(report['collection'])}[/dim]")
     else:
@@ -1040,8 +1063,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--shield-seeds ({args.shield_seeds}) cannot exceed --seeds ({args.seeds})")
     if args.action_hold > 1 and args.switch_every:
         parser.error("--action-hold and --switch-every cannot be combined (switching holds no action)")
-    if args.margin != "surrogate" and (args.switch_every or args.kappa is not None):
-        parser.error("--margin hazard_distance cannot be combined with --switch-every or --kappa")
+    if args.margin != "surrogate" and args.kappa is not None:
+        parser.error("--margin hazard_distance cannot be combined with --kappa")
     if args.episodes < 2:
         parser.error("--episodes must be >= 2 (one episode is held out for calibration)")
     args.envs = [ENV_ALIASES.get(e.strip().lower(), e.strip()) for e in args.envs.split(",") if e.strip()]

@@ -502,6 +502,7 @@ def test_bench_safety_gym_rejects_unknown_shield_fallbacks(capsys):
     [
         (["--action-hold", "0"], "--action-hold must be >= 1"),
         (["--action-hold", "5", "--switch-every", "100"], "--action-hold and --switch-every cannot be"),
+        (["--margin", "hazard_distance", "--kappa", "1"], "--margin hazard_distance cannot be combined"),
         (["--shield-deltas", "1,two"], "--shield-deltas must be comma-separated numbers"),
         (["--shield-deltas", "2,-1"], "--shield-deltas must be finite and >= 0"),
         (["--shield-seeds", "0"], "--shield-seeds must be >= 1"),
@@ -513,3 +514,39 @@ def test_bench_safety_gym_rejects_bad_flags(capsys, flags, message):
     with pytest.raises(SystemExit):
         sg.main(["--quick", *flags])
     assert message in capsys.readouterr().err
+
+
+def test_diagnose_safety_critic_helpers_match_hand_computed_values():
+    diag = _load("diagnose_safety_critic")
+    h = np.array([-1.0, 0.5, -2.0, -3.0, -1.0, 1.0])
+    ids = np.array([0, 0, 0, 1, 1, 1])
+    y = diag.mc_hj_values(h, ids, gamma=0.5)
+    # Episode 0 backwards: y2 = -2; y1 = 0.25 + 0.5 max(0.5, -2) = 0.5; y0 = -0.5 + 0.5 max(-1, 0.5) = -0.25.
+    # Episode 1 does not see episode 0: y5 = 1; y4 = -0.5 + 0.5 * 1 = 0; y3 = -1.5 + 0.5 * 0 = -1.5.
+    np.testing.assert_allclose(y, [-0.25, 0.5, -2.0, -1.5, 0.0, 1.0])
+    np.testing.assert_array_equal(diag.steps_from_end(ids), [2, 1, 0, 2, 1, 0])
+    # Entering within 1 step: only the step before a positive h of the same episode (never across episodes).
+    np.testing.assert_array_equal(diag.enters_within(h, ids, 1), [True, False, False, False, True, False])
+    np.testing.assert_array_equal(diag.enters_within(h, ids, 2), [True, False, False, True, True, False])
+    label = np.array([False, False, True, True])
+    assert diag.auc(np.array([0.0, 1.0, 2.0, 3.0]), label) == 1.0
+    assert diag.auc(np.array([3.0, 2.0, 1.0, 0.0]), label) == 0.0
+    assert diag.auc(np.ones(4), label) == 0.5
+    assert np.isnan(diag.auc(np.arange(4.0), np.zeros(4, dtype=bool)))
+
+
+def test_bench_safety_gym_switching_collection_records_the_distance_margin(tmp_path, monkeypatch):
+    from safefql.datasets.load import load_transitions
+
+    sg = _load("bench_safety_gym")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    env_id = "SafetyPointGoal1Gymnasium-v0"
+    report = sg.collect_switching(
+        env_id, "goal_lidar:1", 1, 0, "test/point-sw-hd-v0", 50, False, margin="hazard_distance"
+    )
+    assert report["switch_every"] == 50
+    t = load_transitions("test/point-sw-hd-v0")
+    assert t.metadata["margin"] == "hazard_distance" and t.metadata["kappa"] is None
+    assert t.metadata["h_source"].startswith("hazard_distance")
+    assert np.unique(t.h).size > 100 and t.h.max() <= 0.2  # metres, not the surrogate's {-1, 25}
+    np.testing.assert_array_equal(t.h > 0, t.costs > 0)
