@@ -215,12 +215,12 @@ def _clean(o: Any) -> Any:
     return o
 
 
-def _make_env(env_id: str) -> Any:
+def _make_env(env_id: str, **kwargs: Any) -> Any:
     import gymnasium as gym
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Box(-inf, inf) checker notes, robotics notice
-        return gym.make(env_id)
+        return gym.make(env_id, **kwargs)
 
 
 def run_episodes(
@@ -374,17 +374,13 @@ def collect_switching(
     ``switch_every`` steps inside each episode (``collect`` draws one policy per episode), written with
     ``collect.write_minari_dataset``; ``h`` is the env's ``margin`` (``gym.make(env_id, margin=...)``).
     Returns timings and per-policy step statistics."""
-    import gymnasium as gym
-
     from safefql.datasets.collect import _SAFETY_GYM_H_SOURCES as H_SOURCES
     from safefql.datasets.collect import EpisodeRecord, available_policies, write_minari_dataset
     from safefql.datasets.policies import as_mixture
     from safefql.datasets.policies_safety_gym import make_safety_gym_policy
 
     mix = as_mixture(mixture, available_policies(env_id))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        env = gym.make(env_id, margin=margin)
+    env = _make_env(env_id, margin=margin)
     pols = [make_safety_gym_policy(n, env) for n in mix.names]
     rng = np.random.default_rng([seed, 21])
     weights = np.asarray(mix.weights)

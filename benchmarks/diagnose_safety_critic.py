@@ -101,6 +101,8 @@ def fit_numbers(q: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 def diagnose(run_dir: Path, seed_index: int, horizon: int, tail: int, max_states: int, seed: int) -> dict:
     ckpts = sorted(run_dir.glob("policy_seed*.eqx")) or [run_dir / "policy.eqx"]
+    if not 0 <= seed_index < len(ckpts):
+        raise ValueError(f"--seed-index {seed_index}: {run_dir} holds {len(ckpts)} seed checkpoint(s)")
     ckpt = ckpts[seed_index]
     policy = SafeFQLPolicy.load(ckpt)
     if policy.observation_space.shape != (60,) or policy.action_space.shape != (2,):

@@ -550,3 +550,19 @@ def test_bench_safety_gym_switching_collection_records_the_distance_margin(tmp_p
     assert t.metadata["h_source"].startswith("hazard_distance")
     assert np.unique(t.h).size > 100 and t.h.max() <= 0.2  # metres, not the surrogate's {-1, 25}
     np.testing.assert_array_equal(t.h > 0, t.costs > 0)
+
+
+def test_diagnose_safety_critic_names_bad_runs(tmp_path, trained_boat_checkpoint, capsys):
+    import shutil
+
+    diag = _load("diagnose_safety_critic")
+    with pytest.raises(SystemExit):
+        diag.main(["--run-dir", str(tmp_path), "--tag", "t"])
+    assert "holds no calib_episodes.npz" in capsys.readouterr().err
+    (tmp_path / "calib_episodes.npz").touch()
+    shutil.copy(trained_boat_checkpoint, tmp_path / "policy.eqx")
+    with pytest.raises(ValueError, match="reads the Point Goal observation"):
+        diag.main(["--run-dir", str(tmp_path), "--tag", "t", "--out", str(tmp_path / "out.json")])
+    with pytest.raises(ValueError, match="--seed-index 1: .* holds 1 seed checkpoint"):
+        diag.main(["--run-dir", str(tmp_path), "--tag", "t", "--seed-index", "1"])
+    assert not (tmp_path / "out.json").exists()
