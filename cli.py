@@ -37,6 +37,12 @@ class Starts(StrEnum):
     uniform = "uniform"
 
 
+class Fallback(StrEnum):  # safefql.shields.wrapper.FALLBACKS (a test keeps the two equal)
+    nearest = "nearest"
+    actor = "actor"
+    samples = "samples"
+
+
 def _fail(exc: Exception) -> typer.Exit:
     """Print a library error as one readable line and exit non-zero (no traceback for user mistakes)."""
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -223,6 +229,12 @@ def evaluate(
     mode: Annotated[Mode, typer.Option(help="shield: filter the agent; policy: run the SafeFQL actor.")] = (
         Mode.shield
     ),
+    fallback: Annotated[
+        Fallback, typer.Option(help="What replaces an unsafe action (shields.wrapper module doc).")
+    ] = Fallback.nearest,
+    delta: Annotated[
+        float | None, typer.Option(help="Safety threshold; default: the checkpoint's calibrated delta.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder for the JSON report (and plot on the boat).")] = Path(
         "runs/evaluate"
     ),
@@ -244,6 +256,8 @@ def evaluate(
             starts=starts.value,
             seed=seed,
             mode=mode.value,
+            fallback=fallback.value,
+            delta=delta,
         )
     except USER_ERRORS as exc:
         raise _fail(exc) from exc
@@ -271,7 +285,7 @@ def rollout(
     ),
 ) -> None:
     """Roll out an agent without any shield: return, cost and violations (and a trajectory plot)."""
-    evaluate(env_id, agent, "none", episodes, starts, seed, Mode.shield, out)
+    evaluate(env_id, agent, "none", episodes, starts, seed, Mode.shield, Fallback.nearest, None, out)
 
 
 @app.command()

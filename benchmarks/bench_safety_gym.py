@@ -374,10 +374,15 @@ def collect_switching(
     ``switch_every`` steps inside each episode (``collect`` draws one policy per episode), written with
     ``collect.write_minari_dataset``; ``h`` is the env's ``margin`` (``gym.make(env_id, margin=...)``).
     Returns timings and per-policy step statistics."""
-    from safefql.datasets.collect import _SAFETY_GYM_H_SOURCES as H_SOURCES
-    from safefql.datasets.collect import EpisodeRecord, available_policies, write_minari_dataset
+    from safefql.datasets.collect import (
+        SAFETY_GYM_H_SOURCES,
+        EpisodeRecord,
+        available_policies,
+        write_minari_dataset,
+    )
     from safefql.datasets.policies import as_mixture
     from safefql.datasets.policies_safety_gym import make_safety_gym_policy
+    from safefql.envs.safety_gym import SAFETY_GYM_KAPPA
 
     mix = as_mixture(mixture, available_policies(env_id))
     env = _make_env(env_id, margin=margin)
@@ -434,9 +439,9 @@ def collect_switching(
                 "policy_selection": f"re-drawn from the mixture every {switch_every} steps (prototype)",
                 "seed": seed,
                 "margin": margin,
-                "h_source": H_SOURCES[margin],
-                # gym.make's default surrogate (SAFETY_GYM_KAPPA); the distance margin has none
-                "kappa": 25.0 if margin == "surrogate" else None,
+                "h_source": SAFETY_GYM_H_SOURCES[margin],
+                # gym.make's default surrogate; the distance margin has no kappa
+                "kappa": SAFETY_GYM_KAPPA if margin == "surrogate" else None,
             },
             overwrite=True,
             total=episodes,

@@ -496,7 +496,18 @@ def available_policies(env_id: str) -> dict[str, str]:
 
     The boat has ``BOAT_POLICIES``; Safety-Gymnasium Point/Car Goal tasks have the scripted lidar
     policies of ``safefql.datasets.policies_safety_gym``; every other Box-action env has ``random``.
+    ValueError for an id that is not registered with Gymnasium.
     """
+    if env_id not in gym.registry:
+        import difflib
+
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
+        hint = (
+            f"; did you mean {', '.join(map(repr, close))}?"
+            if close
+            else " (import the package that registers it)"
+        )
+        raise ValueError(f"env id {env_id!r} is not registered with gymnasium{hint}")
     if _is_boat(env_id):
         return {name: spec.description for name, spec in BOAT_POLICIES.items()}
     out = {"random": "uniform actions over the action space"}
@@ -632,7 +643,7 @@ def boat_starts(episodes: int, seed: int, safe_start_fraction: float) -> tuple[n
 # --------------------------------------------------------------------------------------------------
 # Live env path
 # --------------------------------------------------------------------------------------------------
-_SAFETY_GYM_H_SOURCES = {
+SAFETY_GYM_H_SOURCES = {  # metadata "h_source" of each Safety-Gymnasium margin
     "surrogate": "surrogate (Safety-Gymnasium wrapper, h = kappa if cost > 0 else -1)",
     "hazard_distance": "hazard_distance (Safety-Gymnasium wrapper, h = max_i (r_i - d_i) over the hazards)",
 }
@@ -706,7 +717,7 @@ def _live_episodes(
                 seed=int(ep_seeds[e]),
             )
         if _is_safety_gym(env_id):
-            meta["h_source"] = _SAFETY_GYM_H_SOURCES[meta["margin"]]
+            meta["h_source"] = SAFETY_GYM_H_SOURCES[meta["margin"]]
         else:
             meta["h_source"] = "+".join(sorted(h_sources))
     finally:
@@ -865,6 +876,7 @@ def _safefql_version() -> str:
 
 __all__ = [
     "DEFAULT_KAPPA",
+    "SAFETY_GYM_H_SOURCES",
     "CollectSummary",
     "EpisodeRecord",
     "WrittenDataset",

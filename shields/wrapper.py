@@ -23,6 +23,11 @@ Fallbacks (what replaces an unsafe proposal):
   feasible, the one with the smallest ``Q_h`` (NaN counts as +inf). The spread candidates matter when the
   actor's own action is unsafe: the segment then may hold no safe action at all.
 - ``"actor"``: the actor's action, whatever its ``Q_h``.
+- ``"samples"``: the candidates are the actor's action ``mu(s, 0)`` and ``K = num_candidates`` draws
+  ``mu(s, z_k)``, ``z_k ~ N(0, I)`` from the shield's generator (one batched actor call, one batched critic
+  call); the feasible one nearest to the proposal is executed, else the one with the smallest ``Q_h``. The
+  draws follow the distilled behaviour distribution, so every candidate lies where the critic was trained;
+  the box-spread candidates of ``"nearest"`` do not. Seeded by ``rng`` or ``reset(seed=...)``.
 
 Why ``"nearest"`` is the default. Measured on the boat with the ground-truth critic
 (``safefql.shields.evaluate.BoatOracleModel``, delta 0.02), 200 oracle-safe starts, seed 1:
@@ -57,7 +62,7 @@ import gymnasium as gym
 import numpy as np
 
 MODES = ("shield", "policy")
-FALLBACKS = ("nearest", "actor")
+FALLBACKS = ("nearest", "actor", "samples")
 BACKENDS = ("auto", "numpy", "jax")
 _REQUIRED = ("act", "safety_q", "observation_space", "action_space")
 DEFAULT_NUM_SPREAD = 32  # fixed candidates spread over the action box, scored by the "nearest" fallback
@@ -277,10 +282,17 @@ class _Decider:
         if self.fallback == "actor":
             return actor, self.q(obs, actor)
         n = obs.shape[0]
-        cands = proposed[:, None] + self.t * (actor - proposed)[:, None]
-        cands[:, -1] = actor
-        if self.spread.shape[0]:
-            cands = np.concatenate([cands, np.broadcast_to(self.spread, (n, *self.spread.shape))], axis=1)
+        if self.fallback == "samples":
+            # K actor draws mu(s, z_k) in one batched call: candidates where the data (and the critic) are.
+            draws = np.asarray(self.fast.act(np.repeat(obs, self.k, axis=0), self.rng), dtype=np.float64)
+            draws = np.minimum(np.maximum(draws, self.low), self.high).reshape(n, self.k, *self.shape)
+            cands = np.concatenate([actor[:, None], draws], axis=1)
+        else:
+            cands = proposed[:, None] + self.t * (actor - proposed)[:, None]
+            cands[:, -1] = actor
+            if self.spread.shape[0]:
+                spread = np.broadcast_to(self.spread, (n, *self.spread.shape))
+                cands = np.concatenate([cands, spread], axis=1)
         m = cands.shape[1]
         qc = self.q(np.repeat(obs, m, axis=0), cands.reshape(n * m, *self.shape)).reshape(n, m)
         qn = np.where(np.isnan(qc), np.inf, qc)
@@ -351,12 +363,13 @@ class SafeFQLShield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         checkpoint: None (the shipped model for ``env.spec.id``), a checkpoint path, or a policy object
             (``act``, ``safety_q``, ``delta``, ``observation_space``, ``action_space``; see module doc).
         mode: ``"shield"`` (filter the proposed action) or ``"policy"`` (ignore it, run the actor).
-        fallback: ``"nearest"`` or ``"actor"``: the replacement for an unsafe proposal (module doc).
-        rng: seed or Generator for the actor noise when ``stochastic``; if not given, ``reset(seed=s)``
-            re-seeds it with ``s``.
+        fallback: ``"nearest"``, ``"actor"`` or ``"samples"``: the replacement for an unsafe proposal
+            (module doc).
+        rng: seed or Generator for the actor noise (``stochastic``, and the ``"samples"`` draws); if not
+            given, ``reset(seed=s)`` re-seeds it with ``s``.
         stochastic: draw ``z ~ N(0, I)`` for the actor; default ``z = 0`` (deterministic actor).
         delta: override the model's calibrated ``delta``.
-        num_candidates: ``K`` for the ``"nearest"`` fallback.
+        num_candidates: ``K`` for the ``"nearest"`` and ``"samples"`` fallbacks.
         num_spread: ``M`` fixed candidates spread over the action box for the ``"nearest"`` fallback.
         backend: ``"auto"`` (``model.numpy()`` if it has one), ``"numpy"`` (require it) or ``"jax"`` (the
             model's own methods, JAX for a ``SafeFQLPolicy``).

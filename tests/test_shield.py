@@ -170,6 +170,40 @@ def test_spread_candidates_rescue_an_unsafe_actor():
     assert info["shield"]["applied"].tolist() == [1.0] and info["shield"]["q_h_applied"] > 0
 
 
+def test_samples_fallback_takes_the_feasible_actor_draw_nearest_the_proposal():
+    # The actor's draws scatter around 0 (std 0.1): all are feasible at x = 0.45 (the wall allows a <= 0.5),
+    # so the draw nearest the proposal a = 1 -- the largest -- is executed.
+    model = WallModel()
+    shield = wall_shield(checkpoint=model, fallback="samples", num_candidates=16, rng=5)
+    shield.reset(options={"x": 0.45})
+    *_, info = shield.step(np.array([1.0], dtype=np.float32))
+    draws = np.random.default_rng(5).normal(scale=0.1, size=(16, 1)).astype(np.float32)  # WallModel.act
+    assert info["shield"]["intervened"] is True
+    assert info["shield"]["applied"].tolist() == pytest.approx([draws.max()])
+    assert 0.0 < info["shield"]["applied"][0] <= 0.5 and info["shield"]["q_h_applied"] <= 0.0
+    assert model.calls == {"act": 2, "safety_q": 2}  # z = 0 and the 16 draws; proposal and 17 candidates
+
+
+def test_samples_fallback_without_a_feasible_draw_takes_the_smallest_q():
+    # The actor pushes into the wall (draws around 1): nothing is feasible, the least unsafe draw is taken.
+    shield = wall_shield(checkpoint=WallModel(actor_value=1.0), fallback="samples", num_candidates=8, rng=2)
+    shield.reset(options={"x": 0.45})
+    *_, info = shield.step(np.array([1.0], dtype=np.float32))
+    draws = np.clip(1.0 + np.random.default_rng(2).normal(scale=0.1, size=(8, 1)).astype(np.float32), -1, 1)
+    assert info["shield"]["applied"].tolist() == pytest.approx([draws.min()])
+    assert info["shield"]["q_h_applied"] == pytest.approx(0.45 + SPEED * draws.min() - WALL, abs=1e-6)
+
+
+def test_samples_fallback_is_seeded_by_reset():
+    def run(seed):
+        shield = wall_shield(fallback="samples")
+        shield.reset(seed=seed, options={"x": 0.45})
+        return [shield.step(np.array([1.0], dtype=np.float32))[4]["shield"]["applied"][0] for _ in range(3)]
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
 def test_out_of_range_proposal_is_clipped_before_the_test():
     shield = wall_shield()
     shield.reset(options={"x": 0.0})
@@ -367,7 +401,9 @@ def test_bad_actions_raise():
 def test_bad_options_raise():
     with pytest.raises(ValueError, match=r"mode must be one of \('shield', 'policy'\), got 'filter'"):
         wall_shield(mode="filter")
-    with pytest.raises(ValueError, match=r"fallback must be one of \('nearest', 'actor'\), got 'random'"):
+    with pytest.raises(
+        ValueError, match=r"fallback must be one of \('nearest', 'actor', 'samples'\), got 'random'"
+    ):
         wall_shield(fallback="random")
     with pytest.raises(ValueError, match="num_candidates must be a positive integer"):
         wall_shield(num_candidates=0)

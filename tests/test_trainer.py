@@ -185,6 +185,52 @@ def test_safe_episode_weights_train_and_resume_exactly(tmp_path):
         sf.train_steps(state, DeviceDataset.from_arrays(d), jax.random.key(1), 10)
 
 
+def test_normalized_observations_are_folded_into_the_saved_policy(tmp_path):
+    from safefql.training import safefql as sf
+
+    d = boat_transitions(episodes=8, length=20, seed=7)
+    d.observations[:] = d.observations * np.float32([1.0, 50.0]) + np.float32([0.0, 100.0])  # off-scale y
+    d.next_observations[:] = d.next_observations * np.float32([1.0, 50.0]) + np.float32([0.0, 100.0])
+    cfg = TINY.replace(normalize_observations=True)
+    kw = dict(config=cfg, eval_episodes=0, calib_fraction=0.0, progress=False)
+    full = train(d, out_dir=tmp_path / "full", steps=20, **kw)
+    state, st_header = load_checkpoint(tmp_path / "full" / "train_state.eqx")
+    mean, std = sf.observation_stats(d.observations)
+    assert st_header["observation_normalization"] == {"mean": mean.tolist(), "std": std.tolist()}
+    assert std[1] > 10 and std[1] == pytest.approx(d.observations[:, 1].std(), rel=1e-4)
+    # the policy on raw observations == the learner's networks on standardised ones
+    policy = SafeFQLPolicy.load(full.policy_paths[0])
+    obs, act = d.observations[::7], d.actions[::7]
+    scaled = (obs - mean) / std
+    np.testing.assert_allclose(
+        policy.safety_q(obs, act), sf.safety_q_value(state.agent, scaled, act), atol=1e-5
+    )
+    np.testing.assert_allclose(policy.safety_value(obs), sf.safety_value(state.agent, scaled), atol=1e-5)
+    zero = np.zeros_like(act)
+    np.testing.assert_allclose(
+        policy.numpy().act(obs), sf.actor_actions(state.agent, scaled, zero), atol=1e-5
+    )
+    # exact resume, and a resume whose split has other statistics is refused
+    train(d, out_dir=tmp_path / "part", steps=10, **kw)
+    resumed = train(d, out_dir=tmp_path / "part", steps=20, resume=True, **kw)
+    a, b = load_checkpoint(full.policy_paths[0])[0], load_checkpoint(resumed.policy_paths[0])[0]
+    assert all(np.array_equal(x, y) for x, y in zip(_arrays(a), _arrays(b), strict=True))
+    with pytest.raises(ValueError, match="observation statistics of this call's training split differ"):
+        train(
+            boat_transitions(episodes=8, length=20, seed=8),
+            out_dir=tmp_path / "part",
+            steps=30,
+            resume=True,
+            **kw,
+        )
+    # the option is not a no-op
+    plain = train(d, out_dir=tmp_path / "plain", steps=20, **{**kw, "config": TINY})
+    assert not np.allclose(
+        policy.safety_value(obs), SafeFQLPolicy.load(plain.policy_paths[0]).safety_value(obs)
+    )
+    assert "observation_normalization" not in read_header(tmp_path / "plain" / "train_state.eqx")
+
+
 def test_resume_and_overwrite_rules(tmp_path, data):
     with pytest.raises(FileNotFoundError, match=r"cannot resume"):
         train(data, out_dir=tmp_path / "none", config=TINY, steps=10, resume=True, progress=False)

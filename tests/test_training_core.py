@@ -23,6 +23,8 @@ from safefql.training.safefql import (
     create_train_states,
     flow_actions,
     flow_loss,
+    fold_observation_normalization,
+    observation_stats,
     penalized_rewards,
     reward_critic_loss,
     reward_q_value,
@@ -825,9 +827,39 @@ def test_config_roundtrip_and_errors():
         cfg.replace(flow_episodes="cost0")
     with pytest.raises(ValueError, match="distill_feasible_only must be a bool"):
         cfg.replace(distill_feasible_only="yes")
+    with pytest.raises(ValueError, match="normalize_observations must be a bool"):
+        cfg.replace(normalize_observations=1)
     with pytest.raises(ValueError, match="distill_feasible_only=True needs alpha > 0"):
         cfg.replace(distill_feasible_only=True, alpha=0.0)
     with pytest.raises(ValueError, match="grad_clip must be a finite number"):
         cfg.replace(grad_clip=float("nan"))
     with pytest.raises(ValueError, match="env_id must be a string"):
         default_config(3)
+
+
+def test_observation_stats_and_fold_over_ensembles_and_seeds():
+    obs = np.array([[1.0, 9.81, 0.0], [3.0, 9.81, 2.0], [5.0, 9.81, 4.0]], np.float32)
+    mean, std = observation_stats(obs)
+    np.testing.assert_allclose(mean, [3.0, 9.81, 2.0], rtol=1e-6)
+    np.testing.assert_allclose(std, [np.sqrt(8 / 3), 1.0, np.sqrt(8 / 3)], rtol=1e-6)  # constant: std 1
+    with pytest.raises(ValueError, match=r"non-empty \(N, obs_dim\) array"):
+        observation_stats(np.zeros((0, 3)))
+    cfg = TINY.replace(num_safety_q=3)
+    state = create_train_states(cfg, 3, 2, jax.random.split(jax.random.key(0), 2))  # 2 seeds x ensembles
+    folded = fold_observation_normalization(state.agent, mean, std)
+    rng = np.random.default_rng(1)
+    raw = (rng.normal(size=(6, 3)) * 4 + [0, 9.81, 0]).astype(np.float32)
+    act, z = rng.uniform(-1, 1, (6, 2)).astype(np.float32), rng.normal(size=(6, 2)).astype(np.float32)
+    for i in range(2):
+        a, f = (jax.tree.map(lambda x, i=i: x[i] if eqx.is_array(x) else x, m) for m in (state.agent, folded))
+        scaled = (raw - mean) / std
+        for fn, args in (
+            (safety_q_value, (act,)),
+            (reward_q_value, (act,)),
+            (safety_value, ()),
+            (reward_value, ()),
+        ):
+            np.testing.assert_allclose(fn(f, raw, *args), fn(a, scaled, *args), atol=2e-5)
+        np.testing.assert_allclose(actor_actions(f, raw, z), actor_actions(a, scaled, z), atol=2e-5)
+        np.testing.assert_allclose(flow_actions(f, raw, z, 3), flow_actions(a, scaled, z, 3), atol=2e-5)
+        assert not np.allclose(safety_value(a, raw), safety_value(a, scaled))  # the fold did something

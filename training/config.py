@@ -46,6 +46,7 @@ class SafeFQLConfig:
     candidate_tolerance: float = 0.0  # none feasible: best Q_r among those within this of the lowest Q_h
     cost_penalty: float = 0.0  # kappa: Q_r learns r - kappa * 1[h(s) > 0] per step (0: the pure reward)
     actor_backup: float = 0.0  # share of Qbar_r(s', mu(s', 0)) in Q_r's target, rest V_r(s') (0: IQL)
+    normalize_observations: bool = False  # standardise obs by the training split's mean/std (folded at save)
     reward_episodes: str = "all"  # Q_r and V_r learn from "all" episodes or the "safe" ones only (no h > 0)
     flow_episodes: str = "all"  # the flow teacher clones "all" episodes or the "safe" ones only (no h > 0)
     batch_size: int = 256  # transitions per update
@@ -88,8 +89,9 @@ class SafeFQLConfig:
         _check_float("cost_penalty", self.cost_penalty, lo=0.0)
         _check_float("candidate_tolerance", self.candidate_tolerance, lo=0.0)
         _check_float("actor_backup", self.actor_backup, lo=0.0, hi=1.0)
-        if not isinstance(self.distill_feasible_only, bool):
-            raise ValueError(f"distill_feasible_only must be a bool, got {self.distill_feasible_only!r}")
+        for name in ("distill_feasible_only", "normalize_observations"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.distill_feasible_only and self.alpha == 0:
             raise ValueError(
                 "distill_feasible_only=True needs alpha > 0 (with alpha = 0 nothing is distilled)"

@@ -49,6 +49,53 @@ class TrainState(eqx.Module):
     config: SafeFQLConfig = eqx.field(static=True)
 
 
+_NETWORKS = (
+    "reward_q",
+    "reward_q_target",
+    "reward_v",
+    "safety_q",
+    "safety_q_target",
+    "safety_v",
+    "flow",
+    "actor",
+)
+
+
+def observation_stats(observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (float32) for ``normalize_observations``; a constant feature keeps std 1."""
+    obs = np.asarray(observations, dtype=np.float64)
+    if obs.ndim != 2 or obs.shape[0] == 0:
+        raise ValueError(f"observation_stats needs a non-empty (N, obs_dim) array, got shape {obs.shape}")
+    mean, std = obs.mean(0), obs.std(0)
+    std = np.where(std > 1e-6 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def fold_observation_normalization(agent: SafeFQLAgent, mean: Array, std: Array) -> SafeFQLAgent:
+    """The agent that computes on raw observations what ``agent`` computes on ``(obs - mean) / std``.
+
+    Every network reads the observation first in its input, so the standardisation is a linear map folded
+    into the obs columns of its first layer: ``W' = W / std``, ``b' = b - W (mean / std)``. Works on
+    ensembles and stacked seeds (any leading axes of the weights).
+    """
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+    d = mean.shape[-1]
+
+    def fold(net: MLP) -> MLP:
+        first = net.layers[0]
+        w_obs = first.weight[..., :d]
+        weight = jnp.concatenate([w_obs / std, first.weight[..., d:]], axis=-1)
+        bias = first.bias - jnp.einsum("...oi,i->...o", w_obs, mean / std)
+        return eqx.tree_at(lambda n: (n.layers[0].weight, n.layers[0].bias), net, (weight, bias))
+
+    return eqx.tree_at(
+        lambda g: [getattr(g, name) for name in _NETWORKS],
+        agent,
+        [fold(getattr(agent, name)) for name in _NETWORKS],
+    )
+
+
 def _sg(tree):
     return jax.tree.map(jax.lax.stop_gradient, tree)
 

@@ -602,6 +602,29 @@ def train(
             parts = [sf.create_train_state(config, obs_dim, act_dim, k) for k in keys]
             state = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
     dataset = device_dataset(train_t, config)
+    obs_norm = None  # the learner sees (obs - mean) / std; saved policies get it folded into their weights
+    if config.normalize_observations:
+        mean, std = sf.observation_stats(train_t.observations)
+        obs_norm = {"mean": mean.tolist(), "std": std.tolist()}
+        if resume and prior.get("observation_normalization") != obs_norm:
+            raise ValueError(
+                f"resume: the observation statistics of this call's training split differ from those "
+                f"saved in {state_path}"
+            )
+        dataset = eqx.tree_at(
+            lambda d: (d.observations, d.next_observations),
+            dataset,
+            ((dataset.observations - mean) / std, (dataset.next_observations - mean) / std),
+        )
+
+    def exported(agent: Any) -> Any:
+        """The agent as a policy checkpoint holds it: on raw observations."""
+        if obs_norm is None:
+            return agent
+        return sf.fold_observation_normalization(
+            agent, np.float32(obs_norm["mean"]), np.float32(obs_norm["std"])
+        )
+
     total = int(steps if steps is not None else config.num_updates)
     if total < start:
         raise ValueError(f"steps={total} is below the {start} updates the run in {run_dir} already made")
@@ -657,6 +680,8 @@ def train(
 
     def save_state(st: Any, step: int) -> None:
         header = dict(base_header, kind="train_state", num_seeds=seeds, training=training_block(step))
+        if obs_norm is not None:
+            header["observation_normalization"] = obs_norm
         save_checkpoint(state_path, st, header)
 
     def run_eval(st: Any) -> dict[str, float]:
@@ -666,7 +691,7 @@ def train(
         header = dict(base_header, kind="policy")
         agents = [st.agent] if seeds == 1 else [_index(st.agent, i) for i in range(seeds)]
         per_seed_eval = [
-            evaluate_policy(SafeFQLPolicy.from_agent(a, header).numpy(), env_id, eval_episodes)
+            evaluate_policy(SafeFQLPolicy.from_agent(exported(a), header).numpy(), env_id, eval_episodes)
             for a in agents
         ]
         out = {}
@@ -752,7 +777,8 @@ def train(
         header = dict(base_header, kind="policy", calibration=None, training=final_training)
         if seeds > 1:
             header["seed_index"] = i
-        policy_paths.append(save_checkpoint(run_dir / policy_file(None if seeds == 1 else i), agent, header))
+        path = run_dir / policy_file(None if seeds == 1 else i)
+        policy_paths.append(save_checkpoint(path, exported(agent), header))
     curve = plot_training_curves(rows, run_dir / CURVE_FILE) if rows else None
     result = TrainResult(
         run_dir=run_dir,
