@@ -230,8 +230,9 @@ def evaluate(
         Mode.shield
     ),
     fallback: Annotated[
-        Fallback, typer.Option(help="What replaces an unsafe action (shields.wrapper module doc).")
-    ] = Fallback.nearest,
+        Fallback | None,
+        typer.Option(help="What replaces an unsafe action (shields.wrapper module doc); default nearest."),
+    ] = None,
     delta: Annotated[
         float | None, typer.Option(help="Safety threshold; default: the checkpoint's calibrated delta.")
     ] = None,
@@ -247,6 +248,12 @@ def evaluate(
     shield_arg = {"none": None, "oracle": BoatOracleModel() if shield == "oracle" else None}.get(
         shield, shield
     )
+    shielding = shield_arg is not None and mode == Mode.shield
+    if not shielding and (fallback is not None or delta is not None):
+        why = "--shield none" if shield_arg is None else "--mode policy"
+        raise _fail(
+            ValueError(f"--fallback and --delta filter an agent's actions; they have no effect with {why}")
+        )
     try:
         report = run_evaluate(
             env_id,
@@ -256,7 +263,7 @@ def evaluate(
             starts=starts.value,
             seed=seed,
             mode=mode.value,
-            fallback=fallback.value,
+            fallback=(fallback or Fallback.nearest).value,
             delta=delta,
         )
     except USER_ERRORS as exc:
@@ -285,7 +292,7 @@ def rollout(
     ),
 ) -> None:
     """Roll out an agent without any shield: return, cost and violations (and a trajectory plot)."""
-    evaluate(env_id, agent, "none", episodes, starts, seed, Mode.shield, Fallback.nearest, None, out)
+    evaluate(env_id, agent=agent, shield="none", episodes=episodes, starts=starts, seed=seed, out=out)
 
 
 @app.command()

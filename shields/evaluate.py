@@ -554,7 +554,8 @@ def evaluate(
         seed: seeds the start states (the same ones for both runs) and the ``"random"`` agent.
         mode: ``"shield"`` (filter the agent) or ``"policy"`` (the shielded run is the SafeFQL actor).
         fallback, delta: passed to the shield (``delta`` None: the model's calibrated value).
-        batched: BoatNav-v0 only: all episodes at once through the vector shield (same results).
+        batched: BoatNav-v0 only: all episodes at once through the vector shield (same results; with the
+            ``"samples"`` fallback the draws are seeded by ``seed`` but shared across the batch: they differ).
         max_steps: cap on steps per episode (default: the env's time limit, else 1000).
         env_kwargs: keyword arguments for ``gymnasium.make``.
     """
@@ -634,7 +635,7 @@ def evaluate(
     if use_batched:
         runs["unshielded"] = _run_boat_batched(start_states, runner, None, steps)
         if shield_kwargs is not None:
-            runs["shielded"] = _run_boat_batched(start_states, runner, shield_kwargs, steps)
+            runs["shielded"] = _run_boat_batched(start_states, runner, {**shield_kwargs, "rng": seed}, steps)
     else:
         runs["unshielded"], first = _run_sequential(make_plain, env_id, runner, reset_args, max_steps, record)
         if start_states is None:

@@ -27,7 +27,8 @@ Fallbacks (what replaces an unsafe proposal):
   ``mu(s, z_k)``, ``z_k ~ N(0, I)`` from the shield's generator (one batched actor call, one batched critic
   call); the feasible one nearest to the proposal is executed, else the one with the smallest ``Q_h``. The
   draws follow the distilled behaviour distribution, so every candidate lies where the critic was trained;
-  the box-spread candidates of ``"nearest"`` do not. Seeded by ``rng`` or ``reset(seed=...)``.
+  the box-spread candidates of ``"nearest"`` do not. Seeded by ``rng`` or ``reset(seed=...)``. With a model
+  whose ``act`` ignores the generator (e.g. ``BoatOracleModel``) every draw is the actor's action.
 
 Why ``"nearest"`` is the default. Measured on the boat with the ground-truth critic
 (``safefql.shields.evaluate.BoatOracleModel``, delta 0.02), 200 oracle-safe starts, seed 1:
@@ -45,7 +46,7 @@ Both remove every violation; "nearest" stays closer to what the agent asked for,
 agent's intent differs from the actor's (random, zero). With a learned critic whose actor is itself unsafe
 near the rocks, "nearest" is also the safer one (README, tuning notes). ``tests/test_shield.py::
 test_boat_fallbacks_compared`` re-checks the ordering. The cost is one batched critic call of ``K + M``
-rows, only on the steps that intervene.
+rows, only on the steps that intervene (``"samples"``: one batched actor call and one critic call).
 
 The hot path calls ``model.numpy()`` once and then runs only NumPy per step (no JAX dispatch).
 """
@@ -283,10 +284,11 @@ class _Decider:
             return actor, self.q(obs, actor)
         n = obs.shape[0]
         if self.fallback == "samples":
-            # K actor draws mu(s, z_k) in one batched call: candidates where the data (and the critic) are.
+            # mu(s, 0) and K draws mu(s, z_k), one batched call: candidates where the data (and critic) are
+            mode = actor if not self.stochastic else np.asarray(self.fast.act(obs), dtype=np.float64)
             draws = np.asarray(self.fast.act(np.repeat(obs, self.k, axis=0), self.rng), dtype=np.float64)
-            draws = np.minimum(np.maximum(draws, self.low), self.high).reshape(n, self.k, *self.shape)
-            cands = np.concatenate([actor[:, None], draws], axis=1)
+            cands = np.concatenate([mode[:, None], draws.reshape(n, self.k, *self.shape)], axis=1)
+            cands = np.minimum(np.maximum(cands, self.low), self.high)
         else:
             cands = proposed[:, None] + self.t * (actor - proposed)[:, None]
             cands[:, -1] = actor
@@ -550,10 +552,12 @@ class SafeFQLShield(gym.Wrapper, gym.utils.RecordConstructorArgs):
 # ------------------------------------------------------------------------------------------------ vector
 class SafeFQLVectorShield(gym.vector.VectorWrapper):
     """The shield for a ``gymnasium.vector.VectorEnv``: a whole batch of proposals per step, one batched
-    critic call (plus one for the fallback candidates of the unsafe rows).
+    critic call (plus the fallback's calls for the unsafe rows).
 
     Same arguments as :class:`SafeFQLShield` (the spaces checked are the env's single spaces). With the
-    deterministic actor, each sub-env gets exactly the decisions a :class:`SafeFQLShield` would make for it.
+    deterministic actor and a deterministic fallback (``"nearest"``, ``"actor"``), each sub-env gets exactly
+    the decisions a :class:`SafeFQLShield` would make for it; the ``"samples"`` draws come from one generator
+    for the batch (NumPy backend: for the unsafe rows only; JAX backend: for every row), so they differ.
     ``info["shield"]`` holds the same keys as arrays over the sub-envs (``delta`` and ``mode`` scalars).
     Autoreset: in next-step mode the step that resets a sub-env ignores its action, so it reports
     ``intervened=False``, ``applied == proposed`` and NaN ``Q_h`` values; the counters of a sub-env restart at

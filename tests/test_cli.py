@@ -16,6 +16,7 @@ import safefql
 from safefql.cli import Fallback, app
 from safefql.datasets.collect import dataset_path
 from safefql.shields.wrapper import FALLBACKS
+from safefql.training.policy import SafeFQLPolicy
 
 runner = CliRunner()
 
@@ -58,25 +59,31 @@ def test_info_prints_the_header_and_names_a_missing_file(trained_boat_checkpoint
     assert result.exit_code == 1 and "nope.eqx" in result.stderr
 
 
-def test_evaluate_passes_fallback_and_delta_to_the_shield(tmp_path):
+def test_evaluate_passes_fallback_and_delta_to_the_shield(trained_boat_checkpoint, tmp_path):
     out = tmp_path / "eval"
+    report_path = out / "safefql_BoatNav-v0_goal.json"
     args = ("evaluate", "--agent", "goal", "--episodes", "6", "--out", out)
-    result = invoke(*args, "--fallback", "actor", "--delta", "0.3")
+    result = invoke(*args, "--fallback", "actor", "--delta", "100")
     assert result.exit_code == 0, result.stdout
-    report = json.loads((out / "safefql_BoatNav-v0_goal.json").read_text())
-    assert report["fallback"] == "actor" and report["delta"] == pytest.approx(0.3)
+    report = json.loads(report_path.read_text())
+    assert report["fallback"] == "actor" and report["delta"] == 100
+    assert report["runs"]["shielded"]["intervention_rate"] == 1.0  # Q_h + 100 > 0: every action replaced
     assert (out / "safefql_BoatNav-v0_goal.png").is_file()
-    shielded, alone = report["runs"]["shielded"], report["runs"]["unshielded"]
-    assert shielded["violation_rate"] <= alone["violation_rate"]
-    assert shielded["intervention_rate"] > 0
-    # without --delta the checkpoint's calibrated delta is used
+    # defaults: the nearest fallback at the checkpoint's calibrated delta
     result = invoke(*args)
-    default = json.loads((out / "safefql_BoatNav-v0_goal.json").read_text())
-    assert result.exit_code == 0 and default["fallback"] == "nearest"
-    assert default["delta"] == pytest.approx(0.2630535066127777)
+    assert result.exit_code == 0, result.stdout
+    report = json.loads(report_path.read_text())
+    assert report["fallback"] == "nearest"
+    assert report["delta"] == pytest.approx(SafeFQLPolicy.load(trained_boat_checkpoint).delta)
+    shielded, alone = report["runs"]["shielded"], report["runs"]["unshielded"]
+    assert shielded["violation_rate"] <= alone["violation_rate"] and 0 < shielded["intervention_rate"] < 1
     # typer rejects a fallback that does not exist before anything runs
     bad = runner.invoke(app, [*map(str, args), "--fallback", "teleport"])
     assert bad.exit_code == 2 and "teleport" in bad.stderr
+    # shield options without a shield to apply them are refused, not silently ignored
+    for extra in (("--shield", "none", "--delta", "0.1"), ("--mode", "policy", "--fallback", "actor")):
+        result = invoke(*args, *extra)
+        assert result.exit_code == 1 and "have no effect" in result.stderr
 
 
 @pytest.mark.slow

@@ -62,12 +62,16 @@ _NETWORKS = (
 
 
 def observation_stats(observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std (float32) for ``normalize_observations``; a constant feature keeps std 1."""
+    """Per-feature mean and std (float32) for ``normalize_observations``.
+
+    A feature whose std is below 1e-3 (constant in the data, like the Safety-Gymnasium accelerometer's
+    gravity axis) is only centred (std 1): dividing by a tiny std would blow up any deviation at deployment.
+    """
     obs = np.asarray(observations, dtype=np.float64)
     if obs.ndim != 2 or obs.shape[0] == 0:
         raise ValueError(f"observation_stats needs a non-empty (N, obs_dim) array, got shape {obs.shape}")
     mean, std = obs.mean(0), obs.std(0)
-    std = np.where(std > 1e-6 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+    std = np.where(std >= 1e-3, std, 1.0)
     return mean.astype(np.float32), std.astype(np.float32)
 
 

@@ -19,6 +19,12 @@ Run directory contents::
     training_curve.png       losses and eval metrics against updates
     summary.json             the TrainResult as JSON
     tensorboard/             scalar logs, only when tensorboardX or torch is importable
+
+With ``config.normalize_observations`` the learner trains on ``(obs - mean) / std`` (the training split's
+statistics, in the train state's header as ``observation_normalization``), so the agent inside
+``train_state.eqx`` expects standardised observations; the policy checkpoints have the standardisation
+folded into their first layers (``safefql.training.safefql.fold_observation_normalization``) and take raw
+observations like any other policy.
 """
 
 from __future__ import annotations
@@ -775,6 +781,8 @@ def train(
     for i in range(seeds):
         agent = state.agent if seeds == 1 else _index(state.agent, i)
         header = dict(base_header, kind="policy", calibration=None, training=final_training)
+        if obs_norm is not None:  # provenance only: the weights already take raw observations
+            header["observation_normalization"] = {**obs_norm, "folded": True}
         if seeds > 1:
             header["seed_index"] = i
         path = run_dir / policy_file(None if seeds == 1 else i)
