@@ -26,8 +26,8 @@ Per task (``--envs``, default SafetyPointGoal1Gymnasium-v0 and SafetyCarGoal1Gym
 (d) **shield**: the goal_lidar agent (steers at the goal, ignores hazards) alone vs wrapped in
     ``SafeFQLShield`` with seed 0's checkpoint (``--shield-seeds K``: each of the first K seeds'
     checkpoints, every number then the mean over them, with its std), for each fallback in
-    ``--shield-fallbacks`` (default both: "nearest" and "actor"), at ``delta = 0`` and at the offline
-    conformal ``delta`` (``calibrate(ckpt, "offline", eps=--eps)`` on the held-out episodes, each
+    ``--shield-fallbacks`` (default "nearest" and "actor"; "samples" on request), at ``delta = 0`` and at
+    the offline conformal ``delta`` (``calibrate(ckpt, "offline", eps=--eps)`` on the held-out episodes, each
     checkpoint its own) when finite, plus each fixed ``--shield-deltas`` value
     (a sweep of the trade-off between cost and interventions). Reported: episode-cost reduction (target
     >= 80% while the agent still acts), return change, intervention rate. ``--reuse-safefql`` evaluates a
@@ -867,7 +867,14 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
 
             def make_shielded(ckpt: Path = ckpt, delta: float = delta, fallback: str = fallback) -> Any:
                 env = _make_env(env_id)
-                return SafeFQLShield(env, checkpoint=ckpt, mode="shield", delta=delta, fallback=fallback)
+                return SafeFQLShield(
+                    env,
+                    checkpoint=ckpt,
+                    mode="shield",
+                    delta=delta,
+                    fallback=fallback,
+                    num_candidates=args.shield_candidates,
+                )
 
             ep = run_episodes(make_shielded, goal_act, n_sh, EVAL_SEED, args.eval_max_steps)
             s = summarize(ep, r_min, r_max, args.cost_limit)
@@ -998,10 +1005,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="comma-separated fixed deltas to run the shield at too (0 always runs)",
     )
     parser.add_argument(
-        "--shield-fallbacks", default="nearest,actor", help="shield fallbacks to run (nearest, actor)"
+        "--shield-fallbacks",
+        default="nearest,actor",
+        help="shield fallbacks to run (nearest, actor, samples)",
     )
     parser.add_argument(
         "--shield-seeds", type=int, default=1, help="run the shield with the first K seeds' checkpoints"
+    )
+    parser.add_argument(
+        "--shield-candidates",
+        type=int,
+        default=10,
+        help="the shield's num_candidates: segment points (nearest) or actor draws (samples)",
     )
     parser.add_argument(
         "--reuse-safefql",
@@ -1056,6 +1071,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eval_episodes",
         "shield_episodes",
         "shield_seeds",
+        "shield_candidates",
         "action_hold",
     ):
         if getattr(args, name) < 1:
@@ -1134,6 +1150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "switch_every",
             "action_hold",
             "margin",
+            "shield_candidates",
         )
     }
     existing: dict[str, Any] = {}

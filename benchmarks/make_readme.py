@@ -619,6 +619,7 @@ _VARIANT_SETTINGS = {
     "switch_every": 0,
     "mixture": None,
     "margin": "surrogate",
+    "shield_candidates": 10,
 }
 
 

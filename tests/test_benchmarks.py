@@ -506,6 +506,8 @@ def test_bench_safety_gym_rejects_unknown_shield_fallbacks(capsys):
         (["--shield-deltas", "1,two"], "--shield-deltas must be comma-separated numbers"),
         (["--shield-deltas", "2,-1"], "--shield-deltas must be finite and >= 0"),
         (["--shield-seeds", "0"], "--shield-seeds must be >= 1"),
+        (["--shield-candidates", "0"], "--shield-candidates must be >= 1"),
+        (["--shield-fallbacks", "samples,bogus"], "--shield-fallbacks must come from"),
         (["--seeds", "2", "--shield-seeds", "3"], "--shield-seeds (3) cannot exceed --seeds (2)"),
     ],
 )

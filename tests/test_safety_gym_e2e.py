@@ -191,6 +191,23 @@ def test_shield_steps_point_goal(point_run: dict, mode: str) -> None:
         env.close()
 
 
+def test_samples_fallback_picks_the_least_unsafe_actor_draw_on_point_goal(point_run: dict) -> None:
+    from safefql.shields.wrapper import SafeFQLShield
+
+    (path,) = point_run["result"].policy_paths
+    env = SafeFQLShield(_make(), checkpoint=path, fallback="samples", delta=100.0, num_candidates=8)
+    try:
+        obs, _ = env.reset(seed=2)
+        for _ in range(10):  # Q_h + 100 > 0 everywhere: every step falls back to the smallest-Q_h draw
+            q_actor = float(env.fast_model.safety_q(obs, env.act(obs)))
+            obs, *_, info = env.step(np.ones(ACT_DIM, dtype=np.float32))
+            sh = info["shield"]
+            assert sh["intervened"] and sh["q_h_applied"] <= q_actor + 1e-6
+            assert not np.allclose(sh["applied"], sh["proposed"])
+    finally:
+        env.close()
+
+
 def test_boat_checkpoint_on_point_goal_names_both_spaces(tmp_path) -> None:
     from safefql.envs import BOAT_ID
     from safefql.shields.wrapper import SafeFQLShield
