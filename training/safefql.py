@@ -7,6 +7,7 @@ unbatched input; the functions below take batched inputs ``(..., dim)`` and vmap
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -49,16 +50,7 @@ class TrainState(eqx.Module):
     config: SafeFQLConfig = eqx.field(static=True)
 
 
-_NETWORKS = (
-    "reward_q",
-    "reward_q_target",
-    "reward_v",
-    "safety_q",
-    "safety_q_target",
-    "safety_v",
-    "flow",
-    "actor",
-)
+_NETWORKS = tuple(f.name for f in dataclasses.fields(SafeFQLAgent))  # every network of the agent
 
 
 def observation_stats(observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
