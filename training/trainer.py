@@ -608,10 +608,11 @@ def train(
             parts = [sf.create_train_state(config, obs_dim, act_dim, k) for k in keys]
             state = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
     dataset = device_dataset(train_t, config)
-    obs_norm = None  # the learner sees (obs - mean) / std; saved policies get it folded into their weights
-    if config.normalize_observations:
-        mean, std = sf.observation_stats(train_t.observations)
-        obs_norm = {"mean": mean.tolist(), "std": std.tolist()}
+    # the learner sees (obs - mean) / std; saved policies get it folded into their weights
+    stats = sf.observation_stats(train_t.observations) if config.normalize_observations else None
+    obs_norm = None if stats is None else {"mean": stats[0].tolist(), "std": stats[1].tolist()}
+    if stats is not None:
+        mean, std = stats
         if resume and prior.get("observation_normalization") != obs_norm:
             raise ValueError(
                 f"resume: the observation statistics of this call's training split differ from those "
@@ -625,11 +626,7 @@ def train(
 
     def exported(agent: Any) -> Any:
         """The agent as a policy checkpoint holds it: on raw observations."""
-        if obs_norm is None:
-            return agent
-        return sf.fold_observation_normalization(
-            agent, np.float32(obs_norm["mean"]), np.float32(obs_norm["std"])
-        )
+        return agent if stats is None else sf.fold_observation_normalization(agent, *stats)
 
     total = int(steps if steps is not None else config.num_updates)
     if total < start:
