@@ -593,14 +593,25 @@ def stage_safefql(env_id: str, args: Any, transitions: Any, run_dir: Path) -> tu
     return train_report, list(res.policy_paths)
 
 
-def stage_baseline(name: str, args: Any, train_t: Any, config: Any) -> tuple[dict[str, Any], list]:
+def stage_baseline(
+    name: str, args: Any, train_t: Any, config: Any, normalize_observations: bool
+) -> tuple[dict[str, Any], list]:
+    """Train baseline ``name`` once per seed; ``normalize_observations`` follows SafeFQL's config (a fair
+    comparison: every method then sees the same standardised inputs)."""
     from safefql.training.baselines import train_baseline
 
     policies, runs = [], []
     for i in range(args.seeds):
         seed = args.seed + i
         t0 = time.perf_counter()
-        _, policy, info = train_baseline(name, train_t, config, steps=args.baseline_steps, seed=seed)
+        _, policy, info = train_baseline(
+            name,
+            train_t,
+            config,
+            steps=args.baseline_steps,
+            seed=seed,
+            normalize_observations=normalize_observations,
+        )
         runs.append(
             {
                 "seed": seed,
@@ -616,6 +627,7 @@ def stage_baseline(name: str, args: Any, train_t: Any, config: Any) -> tuple[dic
         policies.append(policy)
     report = {
         "config": _clean(dataclasses.asdict(config)),
+        "normalize_observations": bool(normalize_observations),
         "steps": args.baseline_steps,
         "per_seed": runs,
         "wall_time_s": float(sum(r["wall_time_s"] for r in runs)),
@@ -704,12 +716,13 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
 
     policies["safefql"] = [safefql_factory(p) for p in paths]
     bcfgs = baseline_configs(args.quick)
+    standardise = bool(cpu_config(env_id, args.overrides, args.quick).normalize_observations)
     for name in args.methods:
         if name == "safefql":
             continue
         t0 = time.perf_counter()
         try:
-            rep, pols = stage_baseline(name, args, train_t, bcfgs[name])
+            rep, pols = stage_baseline(name, args, train_t, bcfgs[name], standardise)
         except ValueError as e:  # e.g. BC-safe without a single zero-cost episode
             training[name] = {"skipped": str(e)}
             console.print(f"[yellow]{METHODS[name]} skipped: {e}[/yellow]")

@@ -19,6 +19,7 @@ from safefql.training.baselines import (
     fisor,
     fql,
     policy_from_act,
+    standardized_inputs,
     train_baseline,
     zero_cost_episode_mask,
 )
@@ -129,6 +130,39 @@ def test_train_baseline_bc_safe_uses_only_zero_cost_episodes():
     assert info["num_transitions"] == 300 and info["steps"] == 300 and info["updates_per_s"] > 0
     out = policy(obs[:20])
     assert np.all(out < -0.7) and np.all(out > -1.0)  # only the safe episodes' action was imitated
+
+
+def test_train_baseline_standardised_observations():
+    """Inputs on scales 100x apart (as Safety-Gym's accelerometer vs lidar): standardised BC fits them, and
+    its policy standardises raw observations itself with the statistics of all the data (BC-safe too)."""
+    rng = np.random.default_rng(5)
+    u = rng.uniform(-1, 1, (3000, 2))
+    obs = np.stack([500.0 + 300.0 * u[:, 0], 0.01 * u[:, 1]], 1)
+    actions = 0.45 * u[:, :1] - 0.45 * u[:, 1:]
+    ids = np.repeat(np.arange(30), 100)
+    costs = np.where(ids % 3 == 0, 1.0, 0.0)
+    data = _dataset(obs, actions, episode_ids=ids, costs=costs)
+    config = BCConfig(hidden=(32, 32), squash="clip", lr=3e-3)
+    test_u = rng.uniform(-1, 1, (400, 2))
+    test_obs = np.stack([500.0 + 300.0 * test_u[:, 0], 0.01 * test_u[:, 1]], 1)
+    target = 0.45 * test_u[:, :1] - 0.45 * test_u[:, 1:]
+    mse = {}
+    for norm in (False, True):
+        state, policy, info = train_baseline(
+            "bc_safe", data, config, steps=600, seed=0, normalize_observations=norm
+        )
+        mse[norm] = float(np.mean((policy(test_obs) - target) ** 2))
+    assert mse[True] < 5e-3, mse
+    assert mse[False] > 10 * mse[True], mse
+    stats = info["observation_normalization"]
+    np.testing.assert_allclose(stats["mean"], obs.mean(0), rtol=1e-5)  # all episodes, not the kept ones
+    np.testing.assert_allclose(stats["std"], obs.std(0), rtol=1e-4)
+    standardised = (test_obs - obs.mean(0)) / obs.std(0)
+    np.testing.assert_allclose(policy(test_obs), bc.make_policy(state)(standardised), atol=1e-5)
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        standardized_inputs(policy, np.zeros(3), np.ones(3))
+    with pytest.raises(ValueError, match="std > 0"):
+        standardized_inputs(policy, np.zeros(2), np.zeros(2))
 
 
 def test_train_baseline_errors():

@@ -24,10 +24,13 @@ from safefql.training.baselines.common import (
     filter_zero_cost_episodes,
     policy_from_act,
     run_chunks,
+    standardize,
+    standardized_inputs,
     zero_cost_episode_mask,
 )
 from safefql.training.baselines.fisor import FisorConfig, FisorState
 from safefql.training.baselines.fql import FQLConfig, FQLState
+from safefql.training.safefql import observation_stats
 
 BASELINES = ("bc", "bc_safe", "fql", "fisor")
 
@@ -47,12 +50,19 @@ def train_baseline(
     config: BCConfig | FQLConfig | FisorConfig | None = None,
     steps: int | None = None,
     seed: int = 0,
+    *,
+    normalize_observations: bool = False,
 ) -> tuple[BCState | FQLState | FisorState, BatchedPolicy, dict[str, Any]]:
     """Train baseline ``name`` for ``steps`` updates on ``data`` (dict of NumPy arrays, SafeFQL's batch keys).
 
     ``"bc_safe"`` also needs ``episode_ids`` and ``costs`` in ``data`` and trains on zero-cost episodes only.
     ``config=None`` takes the default config, ``steps=None`` its ``num_updates``. Returns the trained state,
     its policy function and an info dict (last-chunk metrics, ``train_time_s``, ``updates_per_s``, sizes).
+
+    ``normalize_observations=True`` trains on ``(obs - mean) / std`` with the statistics of all of ``data``
+    (before BC-safe's filtering, as SafeFQL's ``normalize_observations`` uses its whole training split):
+    the returned policy takes raw observations and standardises them itself, the returned state expects
+    standardised ones, and ``info["observation_normalization"]`` holds the statistics.
     """
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose one of {BASELINES}")
@@ -64,6 +74,7 @@ def train_baseline(
     check_int("steps", steps)
     check_int("seed", seed, lo=0)
     info: dict[str, Any] = {"name": name, "steps": int(steps), "seed": int(seed)}
+    stats = observation_stats(np.asarray(data["observations"])) if normalize_observations else None
     if name == "bc_safe":
         for key in ("episode_ids", "costs"):
             if key not in data:
@@ -71,6 +82,12 @@ def train_baseline(
         info["num_episodes"] = int(np.unique(np.asarray(data["episode_ids"])).shape[0])
         data = filter_zero_cost_episodes(data)
         info["num_episodes_kept"] = int(np.unique(data["episode_ids"]).shape[0])
+    if stats is not None:
+        info["observation_normalization"] = {"mean": stats[0].tolist(), "std": stats[1].tolist()}
+        data = dict(data)
+        for key in ("observations", "next_observations"):
+            if key in data:
+                data[key] = standardize(np.asarray(data[key]), *stats)
     dataset = DeviceDataset.from_arrays(data)
     info["num_transitions"] = dataset.size
     obs_dim, act_dim = int(dataset.observations.shape[1]), int(dataset.actions.shape[1])
@@ -85,7 +102,10 @@ def train_baseline(
         state = fisor.create_fisor_state(config, obs_dim, act_dim, k_init)
         train_fn, policy_of = fisor.fisor_train_steps, fisor.make_policy
     state, metrics = run_chunks(train_fn, state, dataset, k_train, steps, config.steps_per_call)
-    return state, policy_of(state), info | metrics
+    policy = policy_of(state)
+    if stats is not None:
+        policy = standardized_inputs(policy, *stats)
+    return state, policy, info | metrics
 
 
 __all__ = [
@@ -104,6 +124,7 @@ __all__ = [
     "fisor",
     "fql",
     "policy_from_act",
+    "standardized_inputs",
     "train_baseline",
     "zero_cost_episode_mask",
 ]

@@ -210,6 +210,27 @@ def policy_from_act(
     return BatchedPolicy(name, act_fn, obs_dim, act_dim)
 
 
+def standardize(obs: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(obs - mean) / std`` as float32."""
+    return ((np.asarray(obs, np.float32) - mean) / std).astype(np.float32)
+
+
+def standardized_inputs(policy: BatchedPolicy, mean: np.ndarray, std: np.ndarray) -> BatchedPolicy:
+    """The policy on raw observations of ``policy``, which was trained on ``(obs - mean) / std``."""
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    if mean.shape != (policy.obs_dim,) or std.shape != (policy.obs_dim,):
+        raise ValueError(
+            f"observation statistics must have shape ({policy.obs_dim},), "
+            f"got mean {mean.shape}, std {std.shape}"
+        )
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise ValueError("observation statistics must be finite with std > 0")
+    return BatchedPolicy(
+        policy.name, lambda obs, rng: policy(standardize(obs, mean, std), rng), policy.obs_dim, policy.act_dim
+    )
+
+
 # ---------------------------------------------------------------- chunked training driver
 
 
