@@ -487,7 +487,7 @@ def render_safety_gym_entry(key: str, e: dict[str, Any]) -> list[str]:
         a = _get(m, "aggregate", default={})
         rows.append(
             [
-                _get(m, "label", default=name),
+                f"{_get(m, 'label', default=name)}{_standardised_note(e, name)}",
                 _f(_get(a, "seeds"), ".0f"),
                 _pm_plain(a, "return", ".2f"),
                 _pm_plain(a, "cost", ".2f"),
@@ -614,6 +614,7 @@ def _slug(title: str) -> str:
 _VARIANT_SETTINGS = {
     "episodes": None,
     "steps": None,
+    "eval_episodes": None,
     "kappa": None,
     "action_hold": 1,
     "switch_every": 0,
@@ -623,23 +624,55 @@ _VARIANT_SETTINGS = {
 }
 
 
+def _setting(settings: dict[str, Any], name: str, unchanged: Any) -> Any:
+    """A recorded setting; one not recorded (the run predates it) had the value that means unchanged."""
+    value = settings.get(name)
+    return unchanged if value is None else value
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list | tuple) else _scalar(value)
+
+
+def _config_changes(mine: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """``key=value`` for each SafeFQL config field where ``mine`` differs from ``base``; a field a run
+    predates takes the current default."""
+    from safefql.training.config import SafeFQLConfig
+
+    defaults = json.loads(json.dumps(SafeFQLConfig().to_dict()))  # tuples as the JSON lists runs record
+    parts = []
+    for name in sorted(set(mine) | set(base)):
+        value, main_value = mine.get(name, defaults.get(name)), base.get(name, defaults.get(name))
+        if value != main_value:
+            parts.append(f"{name}={_shown(value)}")
+    return parts
+
+
 def variant_changes(e: dict[str, Any], main: dict[str, Any] | None) -> str:
-    """What a variant's settings change with respect to the main run of its task (``key=value; ...``)."""
+    """What a variant's settings change with respect to the main run of its task (``key=value; ...``).
+
+    The benchmark settings first, then the SafeFQL config: field by field when both runs recorded their
+    config (so a run under older defaults shows what differs from today's main run), else the ``--set``
+    overrides that differ.
+    """
     mine, base = _get(e, "settings"), _get(main, "settings", default={}) or {}
     if not isinstance(mine, dict):
         return "n/a"  # not recorded
     base = base if isinstance(base, dict) else {}
-    parts = [
-        f"{name}={_scalar(mine.get(name))}"
-        for name, unchanged in _VARIANT_SETTINGS.items()
-        if mine.get(name) not in (None, unchanged) and mine.get(name) != base.get(name, unchanged)
-    ]
-    over, base_over = mine.get("overrides") or {}, base.get("overrides") or {}
-    if isinstance(over, dict):
-        for name, value in over.items():
-            if not isinstance(base_over, dict) or base_over.get(name) != value:
-                shown = ",".join(map(str, value)) if isinstance(value, list) else _scalar(value)
-                parts.append(f"{name}={shown}")
+    parts = []
+    for name, unchanged in _VARIANT_SETTINGS.items():
+        value = _setting(mine, name, unchanged)
+        if value is not None and value != _setting(base, name, unchanged):
+            parts.append(f"{name}={_scalar(value)}")
+    mine_cfg, base_cfg = (_get(x, "training", "safefql", "config") for x in (e, main))
+    if isinstance(mine_cfg, dict) and isinstance(base_cfg, dict):
+        parts += _config_changes(mine_cfg, base_cfg)
+    else:
+        over, base_over = mine.get("overrides") or {}, base.get("overrides") or {}
+        if isinstance(over, dict):
+            for name, value in over.items():
+                if not isinstance(base_over, dict) or base_over.get(name) != value:
+                    parts.append(f"{name}={_shown(value)}")
     recollected = _recollected(e, main)
     if recollected:
         parts.append(recollected)
@@ -664,6 +697,11 @@ def _recollected(e: dict[str, Any], main: dict[str, Any] | None) -> str:
     return (
         f"data collected again (episode return / cost mean {r:.2f} / {c:.2f}; main run {r0:.2f} / {c0:.2f})"
     )
+
+
+def _standardised_note(e: dict[str, Any], method: str) -> str:
+    """`` (standardised inputs)`` for a baseline trained on standardised observations, else nothing."""
+    return " (standardised inputs)" if _get(e, "training", method, "normalize_observations") is True else ""
 
 
 def best_acting_shield(shield: Any) -> str:
@@ -713,8 +751,8 @@ def render_safety_gym(d: dict[str, Any], variants_link: str = "docs/safety_gym_v
             methods = _get(e, "evaluation", "methods", default={}) or {}
             safefql = _get(methods, "safefql", "aggregate", default={})
             others = [
-                f"{_get(m, 'label', default=name)} {_f(_get(m, 'aggregate', 'r_norm'), '.2f')} / "
-                f"{_f(_get(m, 'aggregate', 'c_norm'), '.2f')}"
+                f"{_get(m, 'label', default=name)}{_standardised_note(e, name)} "
+                f"{_f(_get(m, 'aggregate', 'r_norm'), '.2f')} / {_f(_get(m, 'aggregate', 'c_norm'), '.2f')}"
                 for name, m in methods.items()
                 if name != "safefql"
             ]

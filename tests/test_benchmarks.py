@@ -395,6 +395,40 @@ def test_make_readme_says_when_a_variant_ran_on_recollected_data():
     assert mr.variant_changes({**entry(16.74, 21.21), "data": {}}, main) == "alpha=100"  # nothing recorded
 
 
+def test_make_readme_lists_config_fields_that_differ_from_the_main_run():
+    """A run under older defaults, as a variant of a main run under new ones: every differing config field
+    is named (a field the old run predates counts as its default), and so is a setting set back to its
+    default value (margin=surrogate against a hazard_distance main run)."""
+    mr = _load("make_readme")
+
+    def run(margin, **config):
+        return {"settings": {"margin": margin, "overrides": {}}, "training": {"safefql": {"config": config}}}
+
+    main = run("hazard_distance", alpha=1.0, w_safe=10.0, flow_episodes="safe", critic_hidden=[256, 256])
+    old = run("surrogate", alpha=1.0, w_safe=1.0, critic_hidden=[256, 256])  # predates flow_episodes
+    assert mr.variant_changes(old, main) == "margin=surrogate; flow_episodes=all; w_safe=1"
+    assert mr.variant_changes(run("hazard_distance", **main["training"]["safefql"]["config"]), main) == (
+        "(same settings)"
+    )
+
+
+def test_make_readme_marks_baselines_trained_on_standardised_inputs():
+    mr = _load("make_readme")
+    methods = {
+        "bc": {"label": "BC-all", "aggregate": {"seeds": 3, "r_norm": 0.65, "c_norm": 1.98}},
+        "bc_safe": {"label": "BC-safe", "aggregate": {"seeds": 3, "r_norm": 0.27, "c_norm": 0.89}},
+    }
+    entry = {
+        "evaluation": {"methods": methods},
+        "training": {"bc": {"normalize_observations": False}, "bc_safe": {"normalize_observations": True}},
+    }
+    text = "\n".join(mr.render_safety_gym_entry("Env", entry))
+    assert "| BC-safe (standardised inputs) | 3 |" in text
+    assert "| BC-all | 3 |" in text
+    rows = mr.render_safety_gym({"envs": {"Env": {}, "Env [v]": entry}})
+    assert any("BC-all 0.65 / 1.98; BC-safe (standardised inputs) 0.27 / 0.89" in r for r in rows)
+
+
 def test_make_readme_summarises_variants_and_writes_their_tables_to_docs(tmp_path):
     mr = _load("make_readme")
     results, readme = tmp_path / "results", tmp_path / "README.md"
