@@ -790,6 +790,12 @@ def test_config_roundtrip_and_errors():
     assert cfg.action_repeat == 10 and cfg.safety_margin > 0 and cfg.candidate_actions > 0  # tuning notes
     assert default_config("SafetyPointGoal1-v0").critic_hidden != cfg.critic_hidden
     assert default_config("SafetyPointGoal1-v0").action_repeat == 1
+    point, car = default_config("SafetyPointGoal1Gymnasium-v0"), default_config("SafetyCarGoal1Gymnasium-v0")
+    # PointGoal notes in config.py: the teacher clones the zero-cost episodes, on standardised observations
+    assert point.flow_episodes == "safe" and point.normalize_observations and point.expectile_safety == 0.5
+    assert car.flow_episodes == "all" and not car.normalize_observations
+    previous = dict(flow_episodes="all", normalize_observations=False, expectile_safety=0.9, w_safe=1.0)
+    assert point.replace(**previous) == car
     with pytest.raises(ValueError, match="action_repeat must be a positive integer"):
         cfg.replace(action_repeat=0)
     assert default_config("SomethingElse-v3") == default_config("Pendulum-v1")
