@@ -238,7 +238,8 @@ _SAFETY_GYM = SafeFQLConfig(
 #   behaves like BC-all (c_norm 2.18; the safety critic's action dependence is too weak to steer it).
 #   Safe teacher: r_norm 0.333 / c_norm 1.16 over 50 episodes per seed (BC-safe 0.279 / 0.94).
 # - alpha=1: alpha 3 lowers the cost (c_norm 0.58 over 20 episodes) but the reward too, below BC-safe's
-#   (r_norm 0.24); w_safe=100 gives c_norm 1.00 at r_norm 0.22 (50 episodes).
+#   (r_norm 0.24); w_safe=100 gives c_norm 1.00 at r_norm 0.22, safety_margin=0.1 c_norm 0.76 at r_norm
+#   0.24 (50 episodes).
 # - normalize_observations: the raw features differ in scale by about 100x (accelerometer std 8, lidar
 #   0.05-0.3); standardised, the critic ranks states better (Spearman with the MC HJ value 0.53 -> 0.60).
 # - expectile_safety=0.5, w_safe=10: Q_h estimates the behaviour's own HJ value, the pessimistic reading the
