@@ -716,7 +716,7 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
 
     policies["safefql"] = [safefql_factory(p) for p in paths]
     bcfgs = baseline_configs(args.quick)
-    standardise = bool(cpu_config(env_id, args.overrides, args.quick).normalize_observations)
+    standardise = bool(tr["config"]["normalize_observations"])  # the baselines see what SafeFQL sees
     for name in args.methods:
         if name == "safefql":
             continue

@@ -108,6 +108,15 @@ class DeviceDataset(eqx.Module):
         """Number of transitions."""
         return int(self.observations.shape[0])
 
+    def standardized(self, mean: Any, std: Any) -> DeviceDataset:
+        """The dataset with ``observations`` and ``next_observations`` mapped to ``(obs - mean) / std``."""
+        mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+        return eqx.tree_at(
+            lambda d: (d.observations, d.next_observations),
+            self,
+            ((self.observations - mean) / std, (self.next_observations - mean) / std),
+        )
+
     def sample(self, key: PRNGKeyArray, batch_size: int) -> dict[str, Array]:
         """Same as ``sample_batch(key, self, batch_size)``."""
         return sample_batch(key, self, batch_size)

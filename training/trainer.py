@@ -618,11 +618,7 @@ def train(
                 f"resume: the observation statistics of this call's training split differ from those "
                 f"saved in {state_path}"
             )
-        dataset = eqx.tree_at(
-            lambda d: (d.observations, d.next_observations),
-            dataset,
-            ((dataset.observations - mean) / std, (dataset.next_observations - mean) / std),
-        )
+        dataset = dataset.standardized(mean, std)
 
     def exported(agent: Any) -> Any:
         """The agent as a policy checkpoint holds it: on raw observations."""

@@ -24,7 +24,6 @@ from safefql.training.baselines.common import (
     filter_zero_cost_episodes,
     policy_from_act,
     run_chunks,
-    standardize,
     standardized_inputs,
     zero_cost_episode_mask,
 )
@@ -82,13 +81,10 @@ def train_baseline(
         info["num_episodes"] = int(np.unique(np.asarray(data["episode_ids"])).shape[0])
         data = filter_zero_cost_episodes(data)
         info["num_episodes_kept"] = int(np.unique(data["episode_ids"]).shape[0])
+    dataset = DeviceDataset.from_arrays(data)
     if stats is not None:
         info["observation_normalization"] = {"mean": stats[0].tolist(), "std": stats[1].tolist()}
-        data = dict(data)
-        for key in ("observations", "next_observations"):
-            if key in data:
-                data[key] = standardize(np.asarray(data[key]), *stats)
-    dataset = DeviceDataset.from_arrays(data)
+        dataset = dataset.standardized(*stats)
     info["num_transitions"] = dataset.size
     obs_dim, act_dim = int(dataset.observations.shape[1]), int(dataset.actions.shape[1])
     k_init, k_train = jax.random.split(jax.random.key(seed))
