@@ -268,6 +268,20 @@ def test_actor_goes_unsafe_without_the_safety_gate(toy_critics):
     assert a0.max() > 0.2 + 0.03
 
 
+def test_infeasible_reward_weight_moves_the_actor_where_the_safety_critic_is_flat(toy_critics):
+    cfg, agent, obs, z = toy_critics
+    # Q_h = 0.5 for every action (inside the failure set the HJ target cannot rank actions) and Q_r = a.
+    flat = eqx.tree_at(lambda g: g.safety_q, agent, _set_linear_ensemble(agent.safety_q, [0, 0], 0.5))
+    start = np.asarray(actor_actions(flat, obs, z))
+    stuck = np.asarray(actor_actions(_train_actor(flat, cfg), obs, z))
+    assert np.abs(stuck - start).max() < 0.05  # paper objective: no gradient at all, the actor idles
+    moved = np.asarray(actor_actions(_train_actor(flat, cfg.replace(infeasible_reward_weight=0.2)), obs, z))
+    assert np.median(moved) > 0.9
+    # Where Q_h does rank actions, the penalty (w_safe = 100) still wins over that share of -Q_r.
+    kept = np.asarray(actor_actions(_train_actor(agent, cfg.replace(infeasible_reward_weight=0.2)), obs, z))
+    assert kept.max() <= 0.2 + 0.03 and abs(np.median(kept) - 0.2) < 0.03
+
+
 def _set_relu_ensemble(ensemble, first_w, first_b, out_w, out_b: float):
     """Hand-set every member of a hidden=(2,) relu ensemble on input x = (s, a): out_w . relu(W x + b) + c."""
     num = ensemble.layers[0].weight.shape[0]
@@ -366,6 +380,14 @@ def test_actor_loss_terms_and_no_gradient_to_critics_or_flow():
         TINY.replace(
             alpha=0.0, w_safe=5.0, actor_objective="normalized", safety_margin=0.05, action_penalty=2.0
         ),
+        TINY.replace(
+            alpha=0.0,
+            w_safe=5.0,
+            actor_objective="normalized",
+            safety_margin=0.05,
+            action_penalty=2.0,
+            infeasible_reward_weight=0.3,
+        ),
     ]
 
     @eqx.filter_jit
@@ -400,12 +422,17 @@ def test_actor_loss_terms_and_no_gradient_to_critics_or_flow():
     expected = [
         distill + np.mean(reward_term + penalty) + box,  # plain
         reward_m.sum() / gate_m.sum() + penalty_m.sum() / (1 - gate_m).sum() + 2.0 * box,  # normalized
+        # 0.3 of the reward term stays outside the gate, averaged with the penalty over that branch
+        reward_m.sum() / gate_m.sum()
+        + (penalty_m + 0.3 * (1 - gate_m) * -q_r / np.abs(q_r).mean()).sum() / (1 - gate_m).sum()
+        + 2.0 * box,
     ]
+    assert abs(expected[2] - expected[1]) > 1e-3 * abs(expected[1])
     plain_with_margin = np.mean(reward_m + penalty_m) + 2.0 * box
     assert abs(expected[1] - plain_with_margin) > 1e-2 * abs(expected[1])  # per-branch averaging matters
     for i, (loss, info, grads) in enumerate(out):
         assert float(loss) == pytest.approx(expected[i], rel=1e-4), i
-        assert float(info["gate_frac"]) == pytest.approx((gate_m if i == 1 else gate).mean(), abs=1e-6)
+        assert float(info["gate_frac"]) == pytest.approx((gate_m if i >= 1 else gate).mean(), abs=1e-6)
         assert float(info["box_penalty"]) == pytest.approx(box, rel=1e-4)
         if i == 0:
             assert float(info["distill_loss"]) == pytest.approx(distill, rel=1e-5)
@@ -808,6 +835,8 @@ def test_config_roundtrip_and_errors():
         cfg.replace(actor_objective="fancy")
     with pytest.raises(ValueError, match="safety_margin must lie in"):
         cfg.replace(safety_margin=-0.1)
+    with pytest.raises(ValueError, match=r"infeasible_reward_weight must lie in \[0.0, 1.0\]"):
+        cfg.replace(infeasible_reward_weight=1.5)
     with pytest.raises(ValueError, match="gamma must lie in"):
         cfg.replace(gamma=1.0)
     with pytest.raises(ValueError, match="critic_hidden must contain positive integers"):

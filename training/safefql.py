@@ -377,19 +377,24 @@ def actor_loss(
     # boundary instead of grazing it (the one-step effect of an action on Q_h is small when dt is small).
     q_h_margin = q_h + config.safety_margin
     gate = jax.lax.stop_gradient((q_h_margin <= 0).astype(q_h.dtype))
-    reward_term = gate * (-q_r) * scale
-    safety_term = (1.0 - gate) * config.w_safe * jax.nn.relu(q_h_margin)
+    feasible_term = gate * (-q_r) * scale
+    # Inside the failure set the HJ target max(h(s), V_h(s')) is flat in every action that does not go
+    # deeper, so the safety term cannot say "get out". A share of -Q_r kept there lets the reward critic
+    # (which pays for progress, and with cost_penalty > 0 charges each step inside) move the agent on.
+    infeasible_term = (1.0 - gate) * (
+        config.w_safe * jax.nn.relu(q_h_margin) + config.infeasible_reward_weight * (-q_r) * scale
+    )
     if config.candidate_actions > 0:
         best = best_candidate_actions(frozen, obs, a_mu, candidate_key, config, (q_h, q_r))
         candidate = jnp.mean(jnp.sum((a_mu - best) ** 2, axis=-1))
     else:
         candidate = None
     if config.actor_objective == "normalized":
-        q_loss = reward_term.sum() / jnp.maximum(gate.sum(), 1.0) + safety_term.sum() / jnp.maximum(
+        q_loss = feasible_term.sum() / jnp.maximum(gate.sum(), 1.0) + infeasible_term.sum() / jnp.maximum(
             (1.0 - gate).sum(), 1.0
         )
     else:
-        q_loss = jnp.mean(reward_term + safety_term)
+        q_loss = jnp.mean(feasible_term + infeasible_term)
     loss = q_loss + config.action_penalty * box + (0.0 if distill is None else config.alpha * distill)
     if candidate is not None:
         loss = loss + config.candidate_weight * candidate
