@@ -231,20 +231,25 @@ def run_episodes(
     max_steps: int | None,
 ) -> dict[str, Any]:
     """Roll ``act`` (None: policy-mode shield, the env picks) for ``episodes`` episodes, resets seeded
-    ``seed + i``. Per-episode returns, costs (sum of step costs), steps, shield interventions; wall time."""
+    ``seed + i``. Per-episode returns, costs (sum of step costs), steps, shield interventions, cost onsets
+    (steps with cost after a step without: how often the agent enters a hazard); wall time."""
     env = make_env()
-    rets, costs, steps, interv = [], [], [], []
+    rets, costs, steps, interv, onsets = [], [], [], [], []
     t0 = time.perf_counter()
     try:
         for i in range(episodes):
             obs, _ = env.reset(seed=seed + i)
             r = c = 0.0
-            n = k = 0
+            n = k = entered = 0
+            was_costly = False
             while True:
                 obs, rew, term, trunc, info = env.step(None if act is None else act(obs))
                 r += float(rew)
                 c += float(info["cost"])
                 n += 1
+                costly = float(info["cost"]) > 0
+                entered += int(costly and not was_costly)
+                was_costly = costly
                 sh = info.get("shield")
                 k += int(bool(sh["intervened"])) if sh is not None else 0
                 if term or trunc or (max_steps is not None and n >= max_steps):
@@ -253,6 +258,7 @@ def run_episodes(
             costs.append(c)
             steps.append(n)
             interv.append(k)
+            onsets.append(entered)
     finally:
         env.close()
     wall = time.perf_counter() - t0
@@ -261,6 +267,7 @@ def run_episodes(
         "costs": np.asarray(costs),
         "steps": np.asarray(steps),
         "interventions": np.asarray(interv),
+        "cost_onsets": np.asarray(onsets),
         "wall_s": wall,
     }
 
@@ -277,6 +284,9 @@ def summarize(ep: dict[str, Any], r_min: float, r_max: float, cost_limit: float)
         "violation_rate": float(np.mean(cost > 0)),
         "over_limit_rate": float(np.mean(cost > cost_limit)),
         "intervention_rate": float(ep["interventions"].sum() / max(steps, 1)),
+        # cost = onsets x steps per stay: few entries with long stays means the agent idles in hazards
+        "cost_onsets": float(ep["cost_onsets"].mean()),
+        "cost_steps_per_onset": float(cost.sum() / max(ep["cost_onsets"].sum(), 1)),
         "steps_per_s": float(steps / ep["wall_s"]) if ep["wall_s"] > 0 else math.nan,
         "episodes": int(ret.size),
         "returns": ret.tolist(),

@@ -287,6 +287,37 @@ def test_bench_demo_rejects_non_positive_sizes(flag, capsys):
     assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
 
 
+class _CostScriptEnv:
+    """Episodes whose step costs follow a fixed script; reward 1 per step."""
+
+    def __init__(self, script):
+        self.script, self.t = script, 0
+
+    def reset(self, seed=None):
+        self.t = 0
+        return np.zeros(1), {}
+
+    def step(self, action):
+        cost = self.script[self.t]
+        self.t += 1
+        return np.zeros(1), 1.0, False, self.t == len(self.script), {"cost": cost}
+
+    def close(self):
+        pass
+
+
+def test_bench_safety_gym_counts_hazard_entries_and_steps_per_stay():
+    sg = _load("bench_safety_gym")
+    script = [0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0]  # two entries: 3 steps inside, then 1
+    ep = sg.run_episodes(lambda: _CostScriptEnv(script), lambda obs: np.zeros(2), 2, 0, None)
+    assert ep["cost_onsets"].tolist() == [2, 2] and ep["costs"].tolist() == [4.0, 4.0]
+    summary = sg.summarize(ep, r_min=0.0, r_max=8.0, cost_limit=4.0)
+    assert summary["cost_onsets"] == 2.0 and summary["cost_steps_per_onset"] == 2.0
+    assert summary["c_norm"] == 1.0 and summary["r_norm"] == 1.0
+    clean = sg.summarize(sg.run_episodes(lambda: _CostScriptEnv([0.0] * 3), None, 1, 0, None), 0.0, 3.0, 1.0)
+    assert clean["cost_onsets"] == 0.0 and clean["cost_steps_per_onset"] == 0.0
+
+
 def test_bench_safety_gym_keeps_the_collection_time_of_a_reused_dataset():
     sg = _load("bench_safety_gym")
     stats = {"transitions": 1000, "episode_return": {"mean": 13.5}, "episode_cost": {"mean": 26.8}}
