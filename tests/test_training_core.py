@@ -619,6 +619,12 @@ def test_safety_backup_values_and_terminal():
     y = np.array([0.2 * 0.5 + 0.8 * 2.0, 0.2 * -1 + 0.8 * 0.4, 0.2 * -1 + 0.8 * -1, 0.3])
     assert float(info["safety_q_target"]) == pytest.approx(y.mean(), abs=1e-6)
     assert float(loss) == pytest.approx(2 * np.mean(y**2), rel=1e-5)  # two members, both predicting 0
+    # margin_floor -0.5: the margins -1 become -0.5 (the next values stay the critic's own)
+    floored = eqx.filter_jit(safety_critic_loss)(agent, batch, cfg.replace(margin_floor=-0.5))[1]
+    y_floor = np.array([0.2 * 0.5 + 0.8 * 2.0, 0.2 * -0.5 + 0.8 * 0.4, 0.2 * -0.5 + 0.8 * -0.5, 0.3])
+    assert float(floored["safety_q_target"]) == pytest.approx(y_floor.mean(), abs=1e-6)
+    with pytest.raises(ValueError, match=r"margin_floor must lie in \[-inf, 0.0\)"):
+        cfg.replace(margin_floor=0.0)
 
 
 def test_held_action_backups_compose_one_step_backups():

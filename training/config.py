@@ -32,6 +32,7 @@ class SafeFQLConfig:
     gamma: float = 0.99  # discount per env step of the reward and HJ safety backups
     action_repeat: int = 1  # k: critics learn from k-step held-action transitions (data held for k steps)
     ema_rate: float = 0.005  # Polyak rate of the target Q networks
+    margin_floor: float | None = None  # Q_h learns from max(h, floor), floor < 0 (raises Q_h only); None: h
     expectile_reward: float = 0.9  # tau_r: V_r tracks the upper tau_r-expectile of Qbar_r
     expectile_safety: float = 0.9  # tau_h: V_h tracks the lower (1 - tau_h)-expectile of Qbar_h
     flow_steps: int = 10  # K, Euler steps of the flow teacher when sampling
@@ -80,6 +81,8 @@ class SafeFQLConfig:
             _check_float("grad_clip", self.grad_clip, lo=0.0, lo_open=True)
         _check_float("gamma", self.gamma, lo=0.0, hi=1.0, hi_open=True)
         _check_float("ema_rate", self.ema_rate, lo=0.0, hi=1.0, lo_open=True)
+        if self.margin_floor is not None:
+            _check_float("margin_floor", self.margin_floor, hi=0.0, hi_open=True)
         for name in ("expectile_reward", "expectile_safety"):
             _check_float(name, getattr(self, name), lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         _check_float("alpha", self.alpha, lo=0.0)

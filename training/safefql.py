@@ -247,10 +247,16 @@ def reward_critic_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig)
 def safety_critic_loss(agent: SafeFQLAgent, batch: Batch, config: SafeFQLConfig) -> tuple[Array, Info]:
     """HJ backup ``y = (1 - gamma) h + gamma max(h, V_h(s'))`` (``y = h`` at terminals), per-member MSE.
 
+    With ``margin_floor = f < 0`` the backup uses ``max(h, f)``: the failure set is unchanged, every target
+    can only rise (more conservative; as gamma -> 1 the zero level set is the same), and the critic no longer
+    spends its error on how far off the safe states are.
+
     For k-step held-action batches (``h`` of shape (B, k)) the same backup runs through the k margins,
     last to first, starting from ``V_h(s_{t+k})``: the exact k-fold composition of the one-step backup.
     """
     h = batch["h"] if batch["h"].ndim == 2 else batch["h"][:, None]
+    if config.margin_floor is not None:  # static: far-off margins stop spending the critic's capacity
+        h = jnp.maximum(h, config.margin_floor)
     next_v = _v(agent.safety_v, batch["next_observations"])
     last = h[:, -1]
     y = batch["masks"] * hj_backup(last, next_v, config.gamma) + (1.0 - batch["masks"]) * last
