@@ -583,6 +583,8 @@ def render_safety_gym_entry(key: str, e: dict[str, Any]) -> list[str]:
             "interventions/step",
         ]
         lines += md_table(headers, rows, align="ll" + "r" * (len(headers) - 2)) + [""]
+    elif isinstance(shield.get("note"), str):  # a run whose shield results were withdrawn says why
+        lines += [f"Shield: {_cell(shield['note'])}.", ""]
     return lines
 
 

@@ -408,6 +408,12 @@ def test_make_readme_renders_each_shield_fallback(tmp_path):
         mr.best_acting_shield({"actor_delta_0": multi["actor_delta_0"]})
         == "50.0% ± 12.5 (actor, delta 0, 0.25)"
     )
+    # shield results withdrawn from an entry: the page says why instead of a table
+    withdrawn = {"note": "not kept: the checkpoints changed during the run"}
+    _write(results / "safety_gym.json", {"envs": {"SafetyCarGoal1Gymnasium-v0": {"shield": withdrawn}}})
+    assert mr.main(["--results-dir", str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "Shield: not kept: the checkpoints changed during the run." in text and "| run |" not in text
 
 
 def test_make_readme_says_when_a_variant_ran_on_recollected_data():
