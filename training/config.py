@@ -253,7 +253,7 @@ _SAFETY_GYM = SafeFQLConfig(
 #   episode and stays about 30 steps (goal_lidar, driving through, stays 13), now and then all episode
 #   long (Q_h then reads the stalled state as feasible). infeasible_reward_weight=0.3, cost_penalty=0.1
 #   measured c_norm 0.875 at r_norm 0.309 on the first 50 episodes per seed, but 1.197 at 0.284 over 100
-#   (one 881-step stay); these defaults give about 1.16 at 0.32 over the same 100 episodes.
+#   (one episode costs 879); these defaults give 1.174 at 0.305 over the same 100 episodes.
 _SAFETY_GYM_POINT_GOAL = _SAFETY_GYM.replace(
     flow_episodes="safe",
     normalize_observations=True,
