@@ -849,6 +849,8 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     shield: dict[str, Any] = {"agent": "goal_lidar (steer at the goal lidar, hazards ignored), deterministic"}
     ckpts = paths[: args.shield_seeds]  # seed 0 first: the one-seed runs use it alone
+    # loaded once: every shield run of a seed then uses the same weights, whatever happens to the files
+    models = {ckpt: SafeFQLPolicy.load(ckpt) for ckpt in ckpts}
     cals: list[Any] = []
     for ckpt in ckpts:
         try:
@@ -892,7 +894,7 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
                 env = _make_env(env_id)
                 return SafeFQLShield(
                     env,
-                    checkpoint=ckpt,
+                    checkpoint=models[ckpt],
                     mode="shield",
                     delta=delta,
                     fallback=fallback,

@@ -318,6 +318,25 @@ def test_bench_safety_gym_counts_hazard_entries_and_steps_per_stay():
     assert clean["cost_onsets"] == 0.0 and clean["cost_steps_per_onset"] == 0.0
 
 
+@pytest.mark.slow  # ~40 s: collect, train every method, evaluate and shield, all tiny
+def test_bench_safety_gym_quick_run_end_to_end(tmp_path, monkeypatch):
+    sg = _load("bench_safety_gym")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    out = tmp_path / "sg.json"
+    argv = ["--quick", "--envs", "car", "--seeds", "2", "--shield-seeds", "2", "--eval-episodes", "1"]
+    argv += ["--shield-fallbacks", "samples", "--references", "", "--work-dir", str(tmp_path)]
+    sg.main([*argv, "--out", str(out), "--no-progress"])
+    entry = json.loads(out.read_text())["envs"]["SafetyCarGoal1Gymnasium-v0"]
+    methods = entry["evaluation"]["methods"]
+    assert set(methods) == {"safefql", "bc", "bc_safe", "fisor"}
+    for name in methods:
+        seeds = methods[name]["per_seed"]
+        assert len(seeds) == 2 and all(s["episodes"] == 1 and s["cost_onsets"] >= 0 for s in seeds)
+    shield = entry["shield"]
+    assert len(shield["checkpoints"]) == 2 and shield["samples_delta_0"]["seeds"] == 2
+    assert 0.0 <= shield["samples_delta_0"]["intervention_rate"] <= 1.0
+
+
 def test_bench_safety_gym_keeps_the_collection_time_of_a_reused_dataset():
     sg = _load("bench_safety_gym")
     stats = {"transitions": 1000, "episode_return": {"mean": 13.5}, "episode_cost": {"mean": 26.8}}
