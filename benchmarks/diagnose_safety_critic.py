@@ -18,6 +18,10 @@ calibration episodes (``calib_episodes.npz``; Safety-Gymnasium Point Goal tasks)
   full reverse (or the other way round), at zero turn. A critic that ranks actions by where they lead
   scores near 1; 0.5 is chance.
 
+- **inside the failure set**: at the held-out steps with ``h > 0`` (where every HJ target is at least
+  ``h > 0``), the fraction with ``Q_h > 0`` for the logged action and for the actor's own action, and the
+  fraction where every action of the 5x5 grid gets ``Q_h <= 0`` (the gate open whatever the actor does).
+
 Prints a table and adds an entry to ``benchmarks/results/critic_diagnosis.json`` (``--tag`` names it)::
 
     uv run python benchmarks/diagnose_safety_critic.py --run-dir RUN_DIR --tag NAME
@@ -99,6 +103,26 @@ def fit_numbers(q: np.ndarray, y: np.ndarray) -> dict[str, float]:
     }
 
 
+def inside_failure_set(
+    policy: Any, observations: np.ndarray, actions: np.ndarray, h: np.ndarray, grid: np.ndarray
+) -> dict[str, Any]:
+    """At the steps with ``h > 0`` (every HJ target there is at least ``h > 0``): the fraction where ``Q_h``
+    of the logged action, and of the actor's own action, is above 0, and the fraction where every ``grid``
+    action gets ``Q_h <= 0`` (the actor's gate is then open whatever it does)."""
+    idx = np.flatnonzero(h > 0)
+    if idx.size == 0:
+        return {"steps": 0}
+    o = observations[idx]
+    q_grid = policy.safety_q(np.repeat(o, len(grid), 0), np.tile(grid, (idx.size, 1))).reshape(idx.size, -1)
+    return {
+        "steps": int(idx.size),
+        "logged_action_above_zero": float(np.mean(policy.safety_q(o, actions[idx]) > 0)),
+        "actor_action_above_zero": float(np.mean(policy.safety_q(o, policy.act(o)) > 0)),
+        "every_grid_action_at_most_zero": float(np.mean(q_grid.max(1) <= 0)),
+        "mean_h": float(h[idx].mean()),
+    }
+
+
 def diagnose(run_dir: Path, seed_index: int, horizon: int, tail: int, max_states: int, seed: int) -> dict:
     ckpts = sorted(run_dir.glob("policy_seed*.eqx")) or [run_dir / "policy.eqx"]
     if not 0 <= seed_index < len(ckpts):
@@ -151,6 +175,8 @@ def diagnose(run_dir: Path, seed_index: int, horizon: int, tail: int, max_states
             "mean_gap": float(np.mean(toward - away)),
         }
 
+    inside = inside_failure_set(policy, data.observations, data.actions, h, grid)
+
     return {
         "checkpoint": str(ckpt),
         "config": {
@@ -174,6 +200,7 @@ def diagnose(run_dir: Path, seed_index: int, horizon: int, tail: int, max_states
         },
         "forward_when_hazard_ahead": prefers(ahead, 1.0),
         "reverse_when_hazard_behind": prefers(behind, -1.0),
+        "inside_failure_set": inside,
     }
 
 
@@ -205,6 +232,16 @@ def print_table(tag: str, r: dict[str, Any]) -> None:
             "-" if p["fraction_correct"] is None else f"{p['fraction_correct']:.2f} ({p['states']} states)"
         )
         t.add_row(f"{what} thrust toward a close hazard rated worse", value)
+    ins = r["inside_failure_set"]
+    if ins["steps"]:
+        t.add_row(
+            f"inside a hazard ({ins['steps']} steps): Q_h > 0 for the logged / the actor's action",
+            f"{ins['logged_action_above_zero']:.2f} / {ins['actor_action_above_zero']:.2f}",
+        )
+        t.add_row(
+            "inside a hazard: every action of the 5x5 grid has Q_h <= 0",
+            f"{ins['every_grid_action_at_most_zero']:.2f}",
+        )
     Console().print(t)
 
 

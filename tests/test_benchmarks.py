@@ -644,6 +644,28 @@ def test_bench_safety_gym_switching_collection_records_the_distance_margin(tmp_p
     np.testing.assert_array_equal(t.h > 0, t.costs > 0)
 
 
+def test_diagnose_safety_critic_inside_the_failure_set():
+    diag = _load("diagnose_safety_critic")
+
+    class FakeCritic:  # Q_h(s, a) = s + a[0]; the actor always answers a = (-1, 0)
+        def safety_q(self, obs, act):
+            return obs[:, 0] + act[:, 0]
+
+        def act(self, obs):
+            return np.tile([-1.0, 0.0], (len(obs), 1))
+
+    obs = np.array([[0.5], [1.5], [-3.0], [0.2]])
+    actions = np.array([[0.0, 0.0], [-1.0, 0.0], [0.0, 0.0], [-0.5, 0.0]])
+    h = np.array([0.1, 0.2, -1.0, 0.05])  # three steps inside; the third row is outside
+    grid = np.array([[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    r = diag.inside_failure_set(FakeCritic(), obs, actions, h, grid)
+    assert r["steps"] == 3 and r["mean_h"] == pytest.approx(0.35 / 3)
+    assert r["logged_action_above_zero"] == pytest.approx(2 / 3)  # 0.5, 0.5 > 0; -0.3 not
+    assert r["actor_action_above_zero"] == pytest.approx(1 / 3)  # -0.5, 0.5, -0.8
+    assert r["every_grid_action_at_most_zero"] == 0.0  # a[0] = 1 always pushes Q_h above 0
+    assert diag.inside_failure_set(FakeCritic(), obs, actions, -np.ones(4), grid) == {"steps": 0}
+
+
 def test_diagnose_safety_critic_names_bad_runs(tmp_path, trained_boat_checkpoint, capsys):
     import shutil
 

@@ -251,9 +251,9 @@ _SAFETY_GYM = SafeFQLConfig(
 #   shield needs (with tau_h 0.9 on the same data the shield cuts goal_lidar's cost by at most 16%).
 # - infeasible_reward_weight and cost_penalty stay 0: the actor enters a hazard about once per violating
 #   episode and stays about 30 steps (goal_lidar, driving through, stays 13), now and then all episode
-#   long (Q_h then reads the stalled state as feasible). infeasible_reward_weight=0.3, cost_penalty=0.1
-#   measured c_norm 0.875 at r_norm 0.309 on the first 50 episodes per seed, but 1.197 at 0.284 over 100
-#   (one episode costs 879); these defaults give 1.174 at 0.305 over the same 100 episodes.
+#   long (Q_h rates half the in-hazard held-out steps as feasible). infeasible_reward_weight=0.3 with
+#   cost_penalty=0.1 measured c_norm 0.875 at r_norm 0.309 on the first 50 episodes per seed, but 1.197 at
+#   0.284 over 100 (one episode costs 879); these defaults give 1.174 at 0.305 over the same 100 episodes.
 _SAFETY_GYM_POINT_GOAL = _SAFETY_GYM.replace(
     flow_episodes="safe",
     normalize_observations=True,
