@@ -103,6 +103,12 @@ def fit_numbers(q: np.ndarray, y: np.ndarray) -> dict[str, float]:
     }
 
 
+def grid_q(policy: Any, observations: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """``Q_h(s, a)`` for every state and every action of ``grid``: shape (states, actions)."""
+    n = observations.shape[0]
+    return policy.safety_q(np.repeat(observations, len(grid), 0), np.tile(grid, (n, 1))).reshape(n, -1)
+
+
 def inside_failure_set(
     policy: Any, observations: np.ndarray, actions: np.ndarray, h: np.ndarray, grid: np.ndarray
 ) -> dict[str, Any]:
@@ -113,7 +119,7 @@ def inside_failure_set(
     if idx.size == 0:
         return {"steps": 0}
     o = observations[idx]
-    q_grid = policy.safety_q(np.repeat(o, len(grid), 0), np.tile(grid, (idx.size, 1))).reshape(idx.size, -1)
+    q_grid = grid_q(policy, o, grid)
     return {
         "steps": int(idx.size),
         "logged_action_above_zero": float(np.mean(policy.safety_q(o, actions[idx]) > 0)),
@@ -151,9 +157,7 @@ def diagnose(run_dir: Path, seed_index: int, horizon: int, tail: int, max_states
     pick = rng.choice(near_idx, size=min(max_states, near_idx.size), replace=False)
     grid = np.stack(np.meshgrid(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5)), -1).reshape(-1, 2)
     obs = data.observations[pick]
-    q_grid = policy.safety_q(np.repeat(obs, len(grid), 0), np.tile(grid, (len(pick), 1))).reshape(
-        len(pick), -1
-    )
+    q_grid = grid_q(policy, obs, grid)
 
     layout = ObservationLayout.from_sizes(POINT_GOAL_LAYOUT_SIZES)
     angle, peak = lidar_direction(layout.part(data.observations[near_idx], "hazards_lidar"))
