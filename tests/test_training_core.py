@@ -375,19 +375,13 @@ def test_actor_loss_terms_and_no_gradient_to_critics_or_flow():
     agent = eqx.tree_at(lambda g: g.actor.layers[-1].weight, agent, agent.actor.layers[-1].weight * 30.0)
     obs = jax.random.normal(jax.random.key(13), (64, OBS))
     batch = {"observations": obs, "actions": jnp.zeros((64, ACT))}
+    normalized = TINY.replace(
+        alpha=0.0, w_safe=5.0, actor_objective="normalized", safety_margin=0.05, action_penalty=2.0
+    )
     configs = [
         TINY.replace(alpha=1.0, w_safe=5.0, actor_objective="plain"),
-        TINY.replace(
-            alpha=0.0, w_safe=5.0, actor_objective="normalized", safety_margin=0.05, action_penalty=2.0
-        ),
-        TINY.replace(
-            alpha=0.0,
-            w_safe=5.0,
-            actor_objective="normalized",
-            safety_margin=0.05,
-            action_penalty=2.0,
-            infeasible_reward_weight=0.3,
-        ),
+        normalized,
+        normalized.replace(infeasible_reward_weight=0.3),
     ]
 
     @eqx.filter_jit
