@@ -473,6 +473,20 @@ def collect_switching(
     }
 
 
+def check_reused_mixture(dataset_id: str, meta: dict[str, Any], mixture: str, env_id: str) -> None:
+    """Refuse to reuse a dataset collected from another behaviour mixture (its id does not name it)."""
+    from safefql.datasets.collect import available_policies
+    from safefql.datasets.policies import as_mixture
+
+    stored = meta.get("mixture")
+    wanted = str(as_mixture(mixture, available_policies(env_id)))
+    if stored is not None and str(stored) != wanted:
+        raise ValueError(
+            f"--reuse-data: dataset {dataset_id} was collected with mixture {stored!r}, not {wanted!r}; "
+            "use another MINARI_DATASETS_PATH or drop --reuse-data"
+        )
+
+
 # ------------------------------------------------------------------------------------------- stages
 def stage_data(env_id: str, args: Any, console: Any) -> tuple[Any, dict[str, Any]]:
     """Collect (or reuse) the dataset; returns the transitions and the data report."""
@@ -531,6 +545,8 @@ def stage_data(env_id: str, args: Any, console: Any) -> tuple[Any, dict[str, Any
     transitions = load_transitions(dataset_id)
     report["load_seconds"] = time.perf_counter() - t0
     meta = transitions.metadata
+    if reused:
+        check_reused_mixture(dataset_id, meta, mixture, env_id)
     report["reused"] = bool(reused)
     report["path"] = str(dataset_path(dataset_id))
     if reused and "collection" not in report:

@@ -28,8 +28,9 @@ so ``[forward + turn, forward - turn]``.
 
 Policies: ``goal_lidar`` steers to the goal and ignores hazards (reward-greedy, incurs cost);
 ``hazard_aware`` adds a repulsion from nearby hazard-lidar bins and slows down when a hazard is close
-ahead (much lower cost, still positive reward); ``noisy_*`` add Gaussian action noise; ``random`` is
-uniform. ``make_safety_gym_policy(name, env)`` builds any of them for a made env.
+ahead (much lower cost, still positive reward); ``hazard_recovery`` repels late and slowly, slips into
+hazard edges and steers straight out (slow in-hazard states and their exits); ``noisy_*`` add Gaussian
+action noise; ``random`` is uniform. ``make_safety_gym_policy(name, env)`` builds any of them for a made env.
 """
 
 from __future__ import annotations
@@ -289,6 +290,46 @@ class HazardAwarePolicy(GoalLidarPolicy):
         return _actions(self.agent, forward, turn)
 
 
+# Hazard-lidar reading at a hazard's edge (radius 0.2 m, lidar range 3 m): larger readings are inside.
+HAZARD_EDGE_READING = 1.0 - 0.2 / 3.0
+
+
+@dataclass(frozen=True)
+class HazardRecoveryPolicy(HazardAwarePolicy):
+    """Hazard-aware goal seeking that repels late, so it slips into hazard edges slowly, then leaves.
+
+    Outside hazards it is :class:`HazardAwarePolicy` (the registry sets a late ``hazard_threshold``, a
+    strong repulsion and a low ``max_speed``). Inside one (nearest hazard reading above
+    ``inside_reading``) it escapes: it tracks ``exit_speed`` straight away from that hazard's centre,
+    reversing when the hazard lies ahead and turning whichever body axis is nearer onto the way out.
+    Its episodes hold what the other behaviours rarely show: slow in-hazard states and the actions
+    that leave them.
+    """
+
+    inside_reading: float = HAZARD_EDGE_READING
+    exit_speed: float = 0.4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (0.0 < self.inside_reading < 1.0):
+            raise ValueError(f"inside_reading must lie in (0, 1), got {self.inside_reading}")
+        _check_nonneg("exit_speed", self.exit_speed)
+
+    def steer(self, obs: np.ndarray) -> np.ndarray:
+        """Noise-free actions (N, 2) for a batch of observations."""
+        outside = super().steer(obs)
+        angle, peak = lidar_direction(self.layout.part(obs, "hazards_lidar"))
+        vel = self.layout.part(obs, "velocimeter")[:, :2]
+        fwd = FORWARD_ANGLE[self.agent]
+        err = _wrap(angle + np.pi - fwd)  # way out (away from the hazard centre) relative to forward
+        v_fwd = vel @ np.array([np.cos(fwd), np.sin(fwd)])
+        forward = np.clip(self.speed_gain * (self.exit_speed * np.cos(err) - v_fwd), -1.0, 1.0)
+        axis_err = np.where(np.cos(err) >= 0, err, _wrap(err + np.pi))
+        turn = np.clip(self.turn_gain * axis_err, -1.0, 1.0)
+        escape = _actions(self.agent, forward, turn)
+        return np.where((peak > self.inside_reading)[:, None], escape, outside)
+
+
 @dataclass(frozen=True)
 class RandomPolicy:
     """Uniform actions in [-1, 1]^2."""
@@ -307,6 +348,8 @@ class RandomPolicy:
 
 
 PolicyFactory = Callable[..., Policy]
+# hazard_recovery: repulsion from 0.35 m off a hazard centre (0.15 m outside its edge), at 0.4 m/s.
+_RECOVERY_DEFAULTS = {"hazard_threshold": 0.85, "repulsion": 4.0, "max_speed": 0.4}
 SAFETY_GYM_POLICIES: dict[str, tuple[PolicyFactory, dict[str, Any], str]] = {
     "goal_lidar": (GoalLidarPolicy, {}, "steer to the goal lidar, ignore hazards (reward-greedy)"),
     "noisy_goal_lidar": (
@@ -319,6 +362,16 @@ SAFETY_GYM_POLICIES: dict[str, tuple[PolicyFactory, dict[str, Any], str]] = {
         HazardAwarePolicy,
         {"noise": DEFAULT_NOISE},
         f"hazard_aware with Gaussian action noise (std {DEFAULT_NOISE})",
+    ),
+    "hazard_recovery": (
+        HazardRecoveryPolicy,
+        _RECOVERY_DEFAULTS,
+        "hazard_aware that repels late and slowly, so it slips into hazard edges, then steers out",
+    ),
+    "noisy_hazard_recovery": (
+        HazardRecoveryPolicy,
+        {**_RECOVERY_DEFAULTS, "noise": DEFAULT_NOISE},
+        f"hazard_recovery with Gaussian action noise (std {DEFAULT_NOISE})",
     ),
     "random": (RandomPolicy, {}, "uniform actions in [-1, 1]^2"),
 }
@@ -367,7 +420,9 @@ __all__ = [
     "POINT_GOAL_LAYOUT_SIZES",
     "SAFETY_GYM_POLICIES",
     "GoalLidarPolicy",
+    "HAZARD_EDGE_READING",
     "HazardAwarePolicy",
+    "HazardRecoveryPolicy",
     "ObservationLayout",
     "Policy",
     "RandomPolicy",

@@ -387,6 +387,16 @@ def test_bench_safety_gym_keeps_the_collection_time_of_a_reused_dataset():
     assert out["data"]["collection"]["seconds"] is None
 
 
+def test_bench_safety_gym_refuses_to_reuse_data_of_another_mixture():
+    sg = _load("bench_safety_gym")
+    env_id = "SafetyPointGoal1Gymnasium-v0"
+    stored = {"mixture": "goal_lidar:0.5,random:0.5"}
+    sg.check_reused_mixture("bench/x-v0", stored, "goal_lidar:1,random:1", env_id)  # the same, rescaled
+    sg.check_reused_mixture("bench/x-v0", {}, "goal_lidar:1", env_id)  # no record: nothing to compare
+    with pytest.raises(ValueError, match="collected with mixture 'goal_lidar:0.5,random:0.5'"):
+        sg.check_reused_mixture("bench/x-v0", stored, "goal_lidar:0.5,hazard_recovery:0.5", env_id)
+
+
 def test_make_readme_renders_each_shield_fallback(tmp_path):
     mr = _load("make_readme")
     results, readme = tmp_path / "results", tmp_path / "README.md"

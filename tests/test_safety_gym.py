@@ -517,8 +517,55 @@ def test_noise_changes_actions_and_validation(point_env):
         "noisy_goal_lidar",
         "hazard_aware",
         "noisy_hazard_aware",
+        "hazard_recovery",
+        "noisy_hazard_recovery",
         "random",
     }
+    with pytest.raises(ValueError, match="inside_reading must lie in"):
+        sgp.HazardRecoveryPolicy(layout, "point", inside_reading=1.0)
+    with pytest.raises(ValueError, match="exit_speed must be a finite number >= 0"):
+        sgp.HazardRecoveryPolicy(layout, "point", exit_speed=math.inf)
+
+
+def _hazard_obs(layout: sgp.ObservationLayout, agent: str, offset: float, reading: float) -> np.ndarray:
+    """A still agent, one hazard at ego angle forward + offset read at ``reading``, the goal ahead."""
+    obs = np.zeros((1, layout.obs_dim))
+    fwd = sgp.FORWARD_ANGLE[agent]
+    position = ((fwd + offset) % (2 * np.pi)) / (2 * np.pi / 16)  # aliased as safety_gymnasium does
+    b, alias = int(position), position - int(position)
+    hazards = np.zeros(16)
+    hazards[[b, (b + 1) % 16, (b - 1) % 16]] = reading * np.array([1.0, alias, 1.0 - alias])
+    obs[0, slice(*layout.slices["hazards_lidar"])] = hazards
+    obs[0, layout.slices["goal_lidar"][0] + int((fwd % (2 * np.pi)) / (2 * np.pi / 16))] = 0.5
+    return obs
+
+
+def test_hazard_recovery_steers_out_of_a_hazard_and_is_hazard_aware_outside():
+    for agent, sizes in (("point", sgp.POINT_GOAL_LAYOUT_SIZES), ("car", sgp.CAR_GOAL_LAYOUT_SIZES)):
+        layout = sgp.ObservationLayout.from_sizes(sizes)
+        recover = sgp.make_safety_gym_policy("hazard_recovery", layout=layout, agent=agent)
+        aware = sgp.HazardAwarePolicy(layout, agent, hazard_threshold=0.85, repulsion=4.0, max_speed=0.4)
+        rng = np.random.default_rng(0)
+
+        def forward(a: np.ndarray, agent: str = agent) -> float:  # the forward command of either agent
+            return float(a[0] if agent == "point" else (a[0] + a[1]) / 2)
+
+        def turn(a: np.ndarray, agent: str = agent) -> float:  # > 0: counter-clockwise
+            return float(a[1] if agent == "point" else (a[0] - a[1]) / 2)
+
+        inside = sgp.HAZARD_EDGE_READING + 0.02
+        ahead = recover(_hazard_obs(layout, agent, 0.3, inside), rng)[0]
+        behind = recover(_hazard_obs(layout, agent, np.pi + 0.3, inside), rng)[0]
+        assert forward(ahead) < -0.5  # hazard centre ahead: back out, although the goal is ahead too
+        assert forward(behind) > 0.5  # behind: drive on
+        # The centre 0.3 rad counter-clockwise of the forward (backward) axis: the way out is 0.3 rad
+        # counter-clockwise of the backward (forward) axis, so the agent turns counter-clockwise.
+        assert turn(ahead) > 0 and turn(behind) > 0
+        mirrored = recover(_hazard_obs(layout, agent, -0.3, inside), rng)[0]
+        assert forward(mirrored) < -0.5 and turn(mirrored) < 0
+        for offset, reading in ((0.1, 0.5), (0.1, 0.9), (2.0, inside - 0.03)):
+            obs = _hazard_obs(layout, agent, offset, reading)
+            np.testing.assert_array_equal(recover(obs, rng), aware(obs, rng))
 
 
 def _rollouts(env, name: str, episodes: int, steps: int) -> tuple[float, float]:
@@ -550,3 +597,33 @@ def test_policies_behave(env_id, point_env, car_env):
     assert goal_c > 5.0  # blind to hazards: drives through them
     assert safe_c < 0.3 * goal_c  # markedly lower cost
     assert safe_r > 2.0  # still makes progress
+
+
+@pytest.mark.slow
+def test_hazard_recovery_enters_slowly_and_leaves_at_once(point_env):
+    # Fixed seeds, 3 episodes of 300 steps on PointGoal1; measured here (cost steps / entries / median
+    # speed in a hazard): goal_lidar 57 / 4 / 1.13 m/s, hazard_recovery 19 / 15 / 0.06 m/s.
+    layout = sgp.observation_layout(point_env)
+
+    def in_hazard(name: str) -> tuple[int, int, float]:
+        pol, rng = sgp.make_safety_gym_policy(name, point_env), np.random.default_rng(0)
+        steps = entries = 0
+        speeds = []
+        for e in range(3):
+            obs, _ = point_env.reset(seed=100 + e)
+            was_inside = False
+            for _ in range(300):
+                obs, _, _, _, info = point_env.step(pol(obs, rng))
+                inside = info["cost"] > 0
+                steps += inside
+                entries += inside and not was_inside
+                was_inside = inside
+                if inside:
+                    speeds.append(np.linalg.norm(layout.part(obs, "velocimeter")[:2]))
+        return steps, entries, float(np.median(speeds)) if speeds else math.nan
+
+    goal_steps, goal_entries, goal_speed = in_hazard("goal_lidar")
+    steps, entries, speed = in_hazard("hazard_recovery")
+    assert entries >= 5 and steps <= 2 * entries  # it slips in often and is out again within ~2 steps
+    assert goal_steps >= 10 * goal_entries  # the reward-greedy agent crosses whole hazards
+    assert speed < 0.2 < 0.5 < goal_speed
