@@ -516,6 +516,22 @@ def test_device_dataset_safe_episode_weights(empty_root):
         device_dataset(load_transitions("tt/rw-bad-v0"), plain)
     with pytest.raises(ValueError, match="flow_episodes='safe' needs episode structure"):
         device_dataset(arrays, SafeFQLConfig(flow_episodes="safe"))
+    # "recovering": the safe episodes plus the steps inside the failure set that lower h
+    # (episode 0: 2 -> 0.5 and 0.5 -> -3; episode 2's step into 1.5 goes in, not out)
+    recovering = SafeFQLConfig(flow_episodes="recovering")
+    rec = device_dataset(t, recovering)
+    np.testing.assert_array_equal(np.asarray(rec.flow_weights), [0, 1, 1, 0, 1, 1, 1, 1, 0, 0])
+    assert rec.reward_weights is None
+    from types import SimpleNamespace
+
+    from safefql.training.trainer import recovery_steps
+
+    rows = SimpleNamespace(h=np.array([1.0, 0.5, 2.0, 0.1]), episode_ids=np.array([0, 0, 0, 1]))
+    np.testing.assert_array_equal(recovery_steps(rows), [1, 0, 0, 0])  # no step across episodes
+    with pytest.raises(ValueError, match="'recovering' weighs single steps; it needs action_repeat=1"):
+        device_dataset(t, recovering.replace(action_repeat=2))
+    with pytest.raises(ValueError, match="reward_episodes must be one of"):
+        SafeFQLConfig(reward_episodes="recovering")
 
 
 def test_collected_boat_actions_are_held(env_root):

@@ -11,7 +11,9 @@ from safefql.training.networks import ACTIVATIONS
 
 ACTOR_OBJECTIVES = ("plain", "normalized")
 EPISODE_SETS = ("all", "safe")  # the episodes a loss learns from (reward_episodes, flow_episodes)
-# each such config field -> the DeviceDataset weights that carry it when set to "safe"
+# flow_episodes may also be "recovering": the safe episodes plus every step out of the failure set
+FLOW_SETS = (*EPISODE_SETS, "recovering")
+# each such config field -> the DeviceDataset weights that carry it when not "all"
 EPISODE_WEIGHTS = {"reward_episodes": "reward_weights", "flow_episodes": "flow_weights"}
 _HIDDEN_FIELDS = ("critic_hidden", "value_hidden", "actor_hidden", "flow_hidden")
 
@@ -50,7 +52,7 @@ class SafeFQLConfig:
     actor_backup: float = 0.0  # share of Qbar_r(s', mu(s', 0)) in Q_r's target, rest V_r(s') (0: IQL)
     normalize_observations: bool = False  # standardise obs by the training split's mean/std (folded at save)
     reward_episodes: str = "all"  # Q_r and V_r learn from "all" episodes or the "safe" ones only (no h > 0)
-    flow_episodes: str = "all"  # the flow teacher clones "all" episodes or the "safe" ones only (no h > 0)
+    flow_episodes: str = "all"  # teacher clones "all", "safe" (no h > 0) or "recovering" (safe + exits)
     batch_size: int = 256  # transitions per update
     num_reward_q: int = 2  # reward Q ensemble size (min over members)
     num_safety_q: int = 2  # safety Q ensemble size (max over members)
@@ -72,9 +74,9 @@ class SafeFQLConfig:
             raise ValueError(
                 f"actor_objective must be one of {ACTOR_OBJECTIVES}, got {self.actor_objective!r}"
             )
-        for name in EPISODE_WEIGHTS:
-            if getattr(self, name) not in EPISODE_SETS:
-                raise ValueError(f"{name} must be one of {EPISODE_SETS}, got {getattr(self, name)!r}")
+        for name, allowed in (("reward_episodes", EPISODE_SETS), ("flow_episodes", FLOW_SETS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("critic_lr", "actor_lr", "flow_lr"):
             _check_float(name, getattr(self, name), lo=0.0, lo_open=True)
         if self.grad_clip is not None:

@@ -285,7 +285,8 @@ def flow_loss(
     With ``flow_weights`` in the batch (config ``flow_episodes="safe"``) only the transitions of episodes
     that never enter the failure set count: the teacher, and through distillation the actor's prior,
     clones the data's safe behaviour (like BC-safe, but judged by h, final state included) instead of the
-    whole mixture.
+    whole mixture. ``"recovering"`` adds the steps inside the failure set that lower h, so the teacher
+    also knows a way out of it (the safe episodes never go there).
     """
     a = batch["actions"]
     kz, kt = jax.random.split(key)
@@ -613,9 +614,9 @@ def _check_call(config: SafeFQLConfig, data: DeviceDataset, num_steps: int) -> N
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
     for name, field in EPISODE_WEIGHTS.items():
-        if getattr(config, name) == "safe" and getattr(data, field) is None:
+        if getattr(config, name) != "all" and getattr(data, field) is None:
             raise ValueError(
-                f"config.{name}='safe' but the dataset has no {field}: build it with "
+                f"config.{name}={getattr(config, name)!r} but the dataset has no {field}: build it with "
                 "safefql.training.trainer.device_dataset(transitions, config)"
             )
 

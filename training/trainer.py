@@ -145,13 +145,16 @@ def device_dataset(transitions: Any, config: Any) -> Any:
     With ``config.reward_episodes == "safe"`` it carries ``reward_weights``, with ``config.flow_episodes ==
     "safe"`` ``flow_weights``: 1 on the transitions of the episodes whose margin never exceeds 0 (final
     state included), 0 elsewhere; the reward critic and value, or the flow teacher, learn from those only.
+    ``flow_episodes == "recovering"`` also weighs 1 the steps out of the failure set: ``h(s_t) > 0`` and
+    ``h(s_{t+1}) < h(s_t)`` within an episode (an episode's last step, whose next margin is not stored,
+    is left out).
     """
     from safefql.datasets.load import Transitions, held_action_transitions
     from safefql.datasets.sampler import OPTIONAL_KEYS, REQUIRED_KEYS, DeviceDataset
     from safefql.training.config import EPISODE_WEIGHTS
 
-    safe_fields = {name: key for name, key in EPISODE_WEIGHTS.items() if getattr(config, name) == "safe"}
-    safe_only = [f"{name}='safe'" for name in safe_fields]
+    safe_fields = {name: key for name, key in EPISODE_WEIGHTS.items() if getattr(config, name) != "all"}
+    safe_only = [f"{name}={getattr(config, name)!r}" for name in safe_fields]
     if config.action_repeat == 1 and not safe_only:
         return DeviceDataset.from_arrays(transitions)
     if not isinstance(transitions, Transitions):
@@ -161,6 +164,11 @@ def device_dataset(transitions: Any, config: Any) -> Any:
             f"safefql.datasets.load.Transitions, not {type(transitions).__name__}"
         )
     if config.action_repeat > 1:
+        if config.flow_episodes == "recovering":
+            raise ValueError(
+                "flow_episodes='recovering' weighs single steps; it needs action_repeat=1, "
+                f"got {config.action_repeat}"
+            )
         arrays = held_action_transitions(transitions, config.action_repeat, config.gamma)
     else:
         names = (*REQUIRED_KEYS, *OPTIONAL_KEYS, "episode_ids")
@@ -175,7 +183,17 @@ def device_dataset(transitions: Any, config: Any) -> Any:
                 "there are no safe transitions to learn from; use 'all'"
             )
         arrays = {**arrays, **dict.fromkeys(safe_fields.values(), weights)}
+        if config.flow_episodes == "recovering":
+            arrays["flow_weights"] = np.maximum(weights, recovery_steps(transitions)).astype(np.float32)
     return DeviceDataset.from_arrays(arrays)
+
+
+def recovery_steps(transitions: Any) -> np.ndarray:
+    """1.0 on the steps out of the failure set, ``h(s_t) > 0`` and ``h(s_{t+1}) < h(s_t)`` in one episode."""
+    h, ids = np.asarray(transitions.h), np.asarray(transitions.episode_ids)
+    same_episode = np.append(ids[1:] == ids[:-1], False)  # the next row continues this episode
+    next_h = np.append(h[1:], np.inf)
+    return ((h > 0) & same_episode & (next_h < h)).astype(np.float32)
 
 
 def _ensure_registered(env_id: str | None) -> bool:
