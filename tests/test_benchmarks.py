@@ -690,3 +690,57 @@ def test_diagnose_safety_critic_names_bad_runs(tmp_path, trained_boat_checkpoint
     with pytest.raises(ValueError, match="--seed-index 1: .* holds 1 seed checkpoint"):
         diag.main(["--run-dir", str(tmp_path), "--tag", "t", "--seed-index", "1"])
     assert not (tmp_path / "out.json").exists()
+
+
+def test_plot_safety_gym_picks_the_runs_on_the_main_data(tmp_path, capsys):
+    pg = _load("plot_safety_gym")
+    env_id = "SafetyPointGoal1Gymnasium-v0"
+    data = {
+        "dataset_id": "bench/p-v0",
+        "transitions": 100,
+        "episode_return": {"mean": 13.3},
+        "episode_cost": {"mean": 26.8},
+    }
+
+    def run(r, c, episodes=100, methods=("safefql",), **data_changes):
+        agg = {"r_norm": r, "r_norm_std": 0.01, "c_norm": c, "c_norm_std": 0.1}
+        return {
+            "data": data | data_changes,
+            "normalization": {"cost_limit": 25.0},
+            "evaluation": {
+                "episodes_per_seed": episodes,
+                "methods": {m: {"aggregate": dict(agg)} for m in methods},
+            },
+        }
+
+    main = run(0.3, 1.2, methods=("safefql", "bc", "bc_safe"))
+    main["evaluation"]["methods"]["bc_safe"]["aggregate"]["r_norm"] = 0.28
+    results = {
+        "envs": {
+            env_id: main,
+            f"{env_id} [a]": run(0.35, 0.9),
+            f"{env_id} [short]": run(0.5, 0.1, episodes=20),  # too few episodes
+            f"{env_id} [recollected]": run(0.5, 0.1, episode_return={"mean": 12.0}),  # other data
+            f"{env_id} [b]": run(0.2, 0.7, episodes=50),
+            "SafetyCarGoal1Gymnasium-v0": run(0.9, 0.1),  # another task
+            f"{env_id} [no-safefql]": run(0.1, 0.1, methods=("bc",)),
+        }
+    }
+    points = pg.frontier_points(results, env_id, min_episodes=50)
+    assert [(p[0], p[1], p[3], p[5]) for p in points["safefql"]] == [
+        ("b", 0.2, 0.7, 50),
+        ("a", 0.35, 0.9, 100),
+        ("defaults", 0.3, 1.2, 100),
+    ]
+    assert [b[0] for b in points["baselines"]] == ["BC-all", "BC-safe"] and points["bc_safe_r"] == 0.28
+    assert len(pg.frontier_points(results, env_id, min_episodes=10)["safefql"]) == 4
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    out = pg.main(["--results", str(path), "--out", str(tmp_path / "f.png")])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "defaults" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no main run of 'SafetyCarGoal2Gymnasium-v0'"):
+        pg.frontier_points(results, "SafetyCarGoal2Gymnasium-v0", 50)
+    with pytest.raises(SystemExit):
+        pg.main(["--results", str(tmp_path / "missing.json")])
+    assert "no results file at" in capsys.readouterr().err
