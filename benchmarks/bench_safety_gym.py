@@ -992,6 +992,13 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- main
+def same_dataset(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two runs' ``data`` reports describe the same episodes: the same dataset id, transitions and
+    episode return and cost statistics (a dataset collected again under one id is other data)."""
+    contents = ("dataset_id", "transitions", "episode_return", "episode_cost")
+    return all(a.get(k) == b.get(k) for k in contents)
+
+
 def carry_collection(env_out: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
     """On a reused dataset, keep the collection time measured by the run that collected that same data.
 
@@ -1003,12 +1010,11 @@ def carry_collection(env_out: dict[str, Any], entries: dict[str, dict[str, Any]]
     data = env_out.get("data") or {}
     if not data.get("reused"):
         return
-    contents = ("dataset_id", "transitions", "episode_return", "episode_cost")
     matches = []
     for entry in entries.values():
         old = entry.get("data") or {}
         seconds = (old.get("collection") or {}).get("seconds")
-        if seconds is not None and all(old.get(k) == data.get(k) for k in contents):
+        if seconds is not None and same_dataset(old, data):
             matches.append(entry)
     if not matches:
         return

@@ -13,36 +13,28 @@ because a single long stay inside a hazard moves a seed's c_norm by about 0.3 pe
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
-import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
 DEFAULT_IN = RESULTS / "safety_gym.json"
 BASELINES = {"bc": "BC-all", "bc_safe": "BC-safe", "fisor": "FISOR-style"}
 
 
-def _same_data(entry: dict[str, Any], main: dict[str, Any]) -> bool:
-    a, b = entry.get("data") or {}, main.get("data") or {}
-    keys = (("dataset_id",), ("transitions",), ("episode_return", "mean"), ("episode_cost", "mean"))
-
-    def get(d: dict[str, Any], path: tuple[str, ...]) -> Any:
-        for k in path:
-            d = d.get(k) if isinstance(d, dict) else None
-        return d
-
-    return all(
-        get(a, k) is not None
-        and (
-            math.isclose(get(a, k), get(b, k))
-            if isinstance(get(a, k), float) and isinstance(get(b, k), float)
-            else get(a, k) == get(b, k)
-        )
-        for k in keys
-    )
+def _sibling(name: str) -> Any:
+    """Import another script of this folder by path (the benchmarks folder is not a package)."""
+    mod_name = f"_safefql_bench_{name}"
+    if mod_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(mod_name, HERE / f"{name}.py")
+        sys.modules[mod_name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[mod_name]
 
 
 def frontier_points(results: dict[str, Any], env_id: str, min_episodes: int) -> dict[str, Any]:
@@ -51,6 +43,7 @@ def frontier_points(results: dict[str, Any], env_id: str, min_episodes: int) -> 
     The main run is labelled ``defaults``; variants by their tag. Raises ``ValueError`` when the results
     hold no main run of ``env_id``.
     """
+    same_dataset = _sibling("bench_safety_gym").same_dataset
     envs = results.get("envs") or {}
     main = envs.get(env_id)
     if not isinstance(main, dict) or "evaluation" not in main:
@@ -62,7 +55,8 @@ def frontier_points(results: dict[str, Any], env_id: str, min_episodes: int) -> 
             continue
         episodes = int(entry["evaluation"].get("episodes_per_seed") or 0)
         safefql = (entry["evaluation"].get("methods") or {}).get("safefql")
-        if episodes < min_episodes or safefql is None or not _same_data(entry, main):
+        same = same_dataset(entry.get("data") or {}, main.get("data") or {})
+        if episodes < min_episodes or safefql is None or not same:
             continue
         a = safefql["aggregate"]
         points.append(

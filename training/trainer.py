@@ -153,12 +153,12 @@ def device_dataset(transitions: Any, config: Any) -> Any:
     from safefql.datasets.sampler import OPTIONAL_KEYS, REQUIRED_KEYS, DeviceDataset
     from safefql.training.config import EPISODE_WEIGHTS
 
-    safe_fields = {name: key for name, key in EPISODE_WEIGHTS.items() if getattr(config, name) != "all"}
-    safe_only = [f"{name}={getattr(config, name)!r}" for name in safe_fields]
-    if config.action_repeat == 1 and not safe_only:
+    weighted_fields = {name: key for name, key in EPISODE_WEIGHTS.items() if getattr(config, name) != "all"}
+    weighted = [f"{name}={getattr(config, name)!r}" for name in weighted_fields]
+    if config.action_repeat == 1 and not weighted:
         return DeviceDataset.from_arrays(transitions)
     if not isinstance(transitions, Transitions):
-        why = f"action_repeat={config.action_repeat}" if config.action_repeat > 1 else safe_only[0]
+        why = f"action_repeat={config.action_repeat}" if config.action_repeat > 1 else weighted[0]
         raise ValueError(
             f"{why} needs episode structure: pass a dataset id or "
             f"safefql.datasets.load.Transitions, not {type(transitions).__name__}"
@@ -173,16 +173,16 @@ def device_dataset(transitions: Any, config: Any) -> Any:
     else:
         names = (*REQUIRED_KEYS, *OPTIONAL_KEYS, "episode_ids")
         arrays = {k: getattr(transitions, k) for k in names if getattr(transitions, k, None) is not None}
-    if safe_only:
+    if weighted:
         # future_worst_h covers every state of an episode, its last next-observation included
         unsafe_ids = np.unique(transitions.episode_ids[np.asarray(transitions.future_worst_h) > 0])
         weights = (~np.isin(arrays["episode_ids"], unsafe_ids)).astype(np.float32)
         if not weights.any():
             raise ValueError(
-                f"{', '.join(safe_only)}: every episode of the dataset enters the failure set (h > 0), so "
+                f"{', '.join(weighted)}: every episode of the dataset enters the failure set (h > 0), so "
                 "there are no safe transitions to learn from; use 'all'"
             )
-        arrays = {**arrays, **dict.fromkeys(safe_fields.values(), weights)}
+        arrays = {**arrays, **dict.fromkeys(weighted_fields.values(), weights)}
         if config.flow_episodes == "recovering":
             arrays["flow_weights"] = np.maximum(weights, recovery_steps(transitions)).astype(np.float32)
     return DeviceDataset.from_arrays(arrays)
