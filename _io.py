@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,3 +60,22 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (``kill``, ``timeout``, a CI cancel) into ``SystemExit(143)``.
+
+    Python's default SIGTERM action ends the process without unwinding the stack, so ``atomic_dir`` and
+    ``atomic_write_bytes`` never get to remove their temporary paths. Raising instead runs every ``finally``
+    and ``except BaseException`` block on the way out. Call it once from a command-line entry point; it is a
+    no-op off the main thread (where ``signal.signal`` is not allowed) and where a handler is already set.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _raise)

@@ -351,4 +351,7 @@ def main() -> None:
     import os
 
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from safefql._io import exit_on_sigterm
+
+    exit_on_sigterm()  # a killed `safefql collect` / `train` then removes its temporary directories
     app()

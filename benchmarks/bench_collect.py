@@ -123,4 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from safefql._io import exit_on_sigterm
+
+    exit_on_sigterm()  # a killed run removes its temporary dataset and checkpoint paths
     main()

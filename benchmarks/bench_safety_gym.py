@@ -1239,4 +1239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from safefql._io import exit_on_sigterm
+
+    exit_on_sigterm()  # a killed run removes its temporary dataset and checkpoint paths
     main()

@@ -320,3 +320,31 @@ def test_policy_input_validation(policy_path, tmp_path, state):
     ts = save_checkpoint(tmp_path / "ts.eqx", state, _header("train_state"))
     with pytest.raises(ValueError, match=r"kind 'policy'"):
         SafeFQLPolicy.load(ts)
+
+
+@pytest.mark.parametrize("handled", [True, False])
+def test_sigterm_inside_atomic_dir_leaves_no_temporary_directory(tmp_path, handled):
+    """``exit_on_sigterm`` (installed by the CLI and the benchmarks) makes a killed write clean up after
+    itself; without it Python dies on SIGTERM without unwinding and the hidden ``.tmp`` directory stays."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "from safefql._io import atomic_dir, exit_on_sigterm\n"
+        f"if {handled}: exit_on_sigterm()\n"
+        "with atomic_dir(sys.argv[1]) as tmp:\n"
+        "    (tmp / 'part').write_text('half a dataset')\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    signal.pause()\n"
+    )
+    target = tmp_path / "dataset"
+    proc = subprocess.run([sys.executable, "-c", script, str(target)], timeout=60)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert not target.exists()
+    if handled:
+        assert proc.returncode == 143
+        assert left == []
+    else:  # the failure mode the handler exists for
+        assert proc.returncode == -15
+        assert len(left) == 1 and left[0].endswith(".tmp")
