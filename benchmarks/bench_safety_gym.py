@@ -55,7 +55,9 @@ machine (including its load average: the numbers depend on what else runs)::
     uv run python benchmarks/bench_safety_gym.py --quick      # tiny everything, a smoke run (~1-2 min)
 
 ``--quick``: 3 dataset episodes (``collect`` has no episode cap, so 3000 steps), 200 updates of 64-wide
-networks, 1 seed, 2 evaluation episodes capped at 200 steps. Numbers from it mean nothing.
+networks, 1 seed, 2 evaluation episodes capped at 200 steps. Numbers from it mean nothing. If none of its
+training episodes stays out of the failure set, SafeFQL's episode sets fall back to "all" (noted in the
+JSON) and BC-safe is skipped, so the smoke run still finishes.
 """
 
 from __future__ import annotations
@@ -583,10 +585,34 @@ def stage_data(env_id: str, args: Any, console: Any) -> tuple[Any, dict[str, Any
     return transitions, report
 
 
-def stage_safefql(env_id: str, args: Any, transitions: Any, run_dir: Path) -> tuple[dict[str, Any], list]:
+def quick_episode_sets(config: Any, train_t: Any) -> tuple[Any, str | None]:
+    """``--quick`` only: a few-episode dataset may have no episode that stays out of the failure set, and
+    then ``flow_episodes`` / ``reward_episodes`` other than "all" have nothing to learn from. The smoke run
+    falls back to "all" for those fields and says so, instead of stopping (a full run keeps the error)."""
+    from safefql.training.config import EPISODE_WEIGHTS
+
+    chosen = {name: getattr(config, name) for name in EPISODE_WEIGHTS if getattr(config, name) != "all"}
+    if not chosen:
+        return config, None
+    unsafe = np.unique(train_t.episode_ids[np.asarray(train_t.future_worst_h) > 0])
+    if np.unique(train_t.episode_ids).size > unsafe.size:
+        return config, None
+    fields = ", ".join(f"{k}={v!r}" for k, v in chosen.items())
+    note = f"--quick: every training episode enters the failure set, so {fields} fell back to 'all'"
+    return config.replace(**dict.fromkeys(chosen, "all")), note
+
+
+def stage_safefql(
+    env_id: str, args: Any, transitions: Any, run_dir: Path, train_t: Any = None
+) -> tuple[dict[str, Any], list]:
     from safefql.training.trainer import train
 
     config = cpu_config(env_id, args.overrides, args.quick)
+    note = None
+    if args.quick and train_t is not None:
+        config, note = quick_episode_sets(config, train_t)
+        if note:
+            print(note)
     res = train(
         transitions,
         out_dir=run_dir,
@@ -616,6 +642,8 @@ def stage_safefql(env_id: str, args: Any, transitions: Any, run_dir: Path) -> tu
         "run_dir": str(res.run_dir),
         "policy_paths": [str(p) for p in res.policy_paths],
     }
+    if note:
+        train_report["note_quick"] = note
     return train_report, list(res.policy_paths)
 
 
@@ -731,7 +759,7 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
     policies: dict[str, list[Callable[[int], Callable[[np.ndarray], Any]]]] = {}
     training: dict[str, Any] = {}
     t0 = time.perf_counter()
-    tr, paths = stage_safefql(env_id, args, transitions, work / "safefql")
+    tr, paths = stage_safefql(env_id, args, transitions, work / "safefql", train_t)
     timings["train_safefql_s"] = time.perf_counter() - t0
     training["safefql"] = tr
     console.print(f"[dim]trained SafeFQL: {tr['wall_time_s']:.0f} s, {tr['updates_per_s']:.1f} upd/s[/dim]")

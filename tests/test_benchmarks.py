@@ -744,3 +744,36 @@ def test_plot_safety_gym_picks_the_runs_on_the_main_data(tmp_path, capsys):
     with pytest.raises(SystemExit):
         pg.main(["--results", str(tmp_path / "missing.json")])
     assert "no results file at" in capsys.readouterr().err
+
+
+def test_bench_safety_gym_quick_falls_back_to_all_episodes_only_without_a_safe_one():
+    from safefql.datasets.load import Transitions
+    from safefql.training.config import SafeFQLConfig
+
+    sg = _load("bench_safety_gym")
+
+    def episodes(worst_h: list[float]) -> Transitions:
+        n = 2 * len(worst_h)  # two steps per episode
+        zeros = np.zeros(n, np.float32)
+        return Transitions(
+            observations=np.zeros((n, 3), np.float32),
+            actions=np.zeros((n, 2), np.float32),
+            rewards=zeros,
+            costs=zeros,
+            h=zeros,
+            next_observations=np.zeros((n, 3), np.float32),
+            terminals=zeros,
+            masks=zeros + 1,
+            timeouts=zeros,
+            episode_ids=np.repeat(np.arange(len(worst_h)), 2),
+            future_worst_h=np.repeat(np.asarray(worst_h, np.float32), 2),
+        )
+
+    config = SafeFQLConfig(flow_episodes="recovering", reward_episodes="safe")
+    kept, note = sg.quick_episode_sets(config, episodes([0.3, -0.2]))  # one safe episode: unchanged
+    assert kept == config and note is None
+    fell, note = sg.quick_episode_sets(config, episodes([0.3, 0.1]))
+    assert (fell.flow_episodes, fell.reward_episodes) == ("all", "all")
+    assert "flow_episodes='recovering'" in note and "reward_episodes='safe'" in note
+    plain = SafeFQLConfig(flow_episodes="all")
+    assert sg.quick_episode_sets(plain, episodes([0.3])) == (plain, None)
