@@ -820,9 +820,11 @@ def test_config_roundtrip_and_errors():
     point, car = default_config("SafetyPointGoal1Gymnasium-v0"), default_config("SafetyCarGoal1Gymnasium-v0")
     # PointGoal notes in config.py: the teacher clones the zero-cost episodes, on standardised observations
     assert point.flow_episodes == "safe" and point.normalize_observations and point.expectile_safety == 0.5
-    assert car.flow_episodes == "all" and not car.normalize_observations
-    previous = dict(flow_episodes="all", normalize_observations=False, expectile_safety=0.9, w_safe=1.0)
-    assert point.replace(**previous) == car
+    # CarGoal notes: the same settings with the recovering teacher and a gate margin
+    assert car.flow_episodes == "recovering" and car.safety_margin == 0.1
+    assert car.replace(flow_episodes=point.flow_episodes, safety_margin=point.safety_margin) == point
+    other = default_config("SafetyPointButton1Gymnasium-v0")  # other tasks keep the generic Safety-Gym config
+    assert other.flow_episodes == "all" and not other.normalize_observations and other.expectile_safety == 0.9
     with pytest.raises(ValueError, match="action_repeat must be a positive integer"):
         cfg.replace(action_repeat=0)
     assert default_config("SomethingElse-v3") == default_config("Pendulum-v1")

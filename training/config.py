@@ -266,6 +266,13 @@ _SAFETY_GYM_POINT_GOAL = _SAFETY_GYM.replace(
     w_safe=10.0,
 )
 
+# Safety-Gymnasium Car Goal tasks: the Point Goal settings with the recovering teacher and a gate margin of
+# 0.1. Measured on CarGoal1 (hazard-distance data, 150 episodes, 3 seeds x 100 episodes; README, CarGoal1
+# table and variants): 30k updates give r_norm 0.690 at c_norm 1.078 (15k: 0.699 / 1.142), above BC-safe
+# on both counts (0.610 / 1.429 over 50 episodes). The teacher of the safe episodes gave 0.711 / 1.159
+# (20 episodes); w_safe 20 gave 0.658 / 1.199 and safety_margin 0.2 0.681 / 1.247 (50 episodes).
+_SAFETY_GYM_CAR_GOAL = _SAFETY_GYM_POINT_GOAL.replace(flow_episodes="recovering", safety_margin=0.1)
+
 _GENERIC = SafeFQLConfig(
     critic_hidden=(256, 256),
     value_hidden=(256, 256),
@@ -278,8 +285,8 @@ _GENERIC = SafeFQLConfig(
 
 
 def default_config(env_id: str) -> SafeFQLConfig:
-    """Per-environment defaults: the boat ids, Safety-Gymnasium Point Goal ids, other Safety-Gymnasium ids
-    (``Safety...``), else a generic config."""
+    """Per-environment defaults: the boat ids, Safety-Gymnasium Point Goal and Car Goal ids, other
+    Safety-Gymnasium ids (``Safety...``), else a generic config."""
     if not isinstance(env_id, str):
         raise ValueError(f"env_id must be a string, got {type(env_id).__name__}")
     name = env_id.lower()
@@ -287,6 +294,8 @@ def default_config(env_id: str) -> SafeFQLConfig:
         return _BOAT
     if name.startswith("safetypointgoal"):
         return _SAFETY_GYM_POINT_GOAL
+    if name.startswith("safetycargoal"):
+        return _SAFETY_GYM_CAR_GOAL
     if name.startswith("safety") or "safety_gym" in name or "safetygym" in name:
         return _SAFETY_GYM
     return _GENERIC
