@@ -818,11 +818,9 @@ def test_config_roundtrip_and_errors():
     assert default_config("SafetyPointGoal1-v0").critic_hidden != cfg.critic_hidden
     assert default_config("SafetyPointGoal1-v0").action_repeat == 1
     point, car = default_config("SafetyPointGoal1Gymnasium-v0"), default_config("SafetyCarGoal1Gymnasium-v0")
-    # PointGoal notes in config.py: the teacher clones the zero-cost episodes, on standardised observations
-    assert point.flow_episodes == "safe" and point.normalize_observations and point.expectile_safety == 0.5
-    # CarGoal notes: the same settings with the recovering teacher and a gate margin
-    assert car.flow_episodes == "recovering" and car.safety_margin == 0.1
-    assert car.replace(flow_episodes=point.flow_episodes, safety_margin=point.safety_margin) == point
+    # Goal notes in config.py: one config for Point and Car, the recovering teacher on standardised inputs
+    assert point == car and point.flow_episodes == "recovering" and point.safety_margin == 0.1
+    assert point.normalize_observations and point.expectile_safety == 0.5
     other = default_config("SafetyPointButton1Gymnasium-v0")  # other tasks keep the generic Safety-Gym config
     assert other.flow_episodes == "all" and not other.normalize_observations and other.expectile_safety == 0.9
     with pytest.raises(ValueError, match="action_repeat must be a positive integer"):

@@ -238,40 +238,32 @@ _SAFETY_GYM = SafeFQLConfig(
     num_updates=100_000,
 )
 
-# Safety-Gymnasium Point Goal tasks. Measured on PointGoal1 (benchmarks/bench_safety_gym.py, hazard-distance
-# data, 150 episodes, 3 seeds, 15k updates; README, PointGoal1 table and variants):
-# - flow_episodes="safe": the teacher clones the zero-cost episodes, so the actor distils a safe behaviour
-#   and the gated Q objective adjusts it. With "all" the actor stays near a teacher of the whole mixture and
-#   behaves like BC-all (c_norm 2.18; the safety critic's action dependence is too weak to steer it).
-#   Safe teacher: r_norm 0.333 / c_norm 1.16 over 50 episodes per seed (BC-safe 0.279 / 0.94).
-# - alpha=1: alpha 3 lowers the cost (c_norm 0.58 over 20 episodes) but the reward too, below BC-safe's
-#   (r_norm 0.24); w_safe=100 gives c_norm 1.00 at r_norm 0.22, safety_margin=0.1 c_norm 0.76 at r_norm
-#   0.24 (50 episodes).
+# Safety-Gymnasium Goal tasks, Point and Car. Measured with benchmarks/bench_safety_gym.py on hazard-distance
+# data (150 episodes, 3 seeds; README, Safety-Gymnasium tables and variants):
+# - flow_episodes="recovering": the teacher clones the zero-cost episodes plus the steps out of a hazard.
+#   With "all" the actor stays near a teacher of the whole mixture and behaves like BC-all (PointGoal1
+#   c_norm 2.18). "safe" (zero-cost episodes only) never shows the way out of a hazard, and the actor stays
+#   inside about 30 steps per entry; "recovering" halves the stays.
+# - safety_margin=0.1 and 30k updates (the bench's --steps): PointGoal1 r_norm 0.443 at c_norm 1.041 (seeds
+#   0.86, 1.07, 1.20; 100 episodes per seed). At 15k updates the runs lay on one reward-for-cost line
+#   through BC-safe's point (0.303 / 0.974): "safe" 0.305 / 1.174, "recovering" 0.439 / 1.251, with margin
+#   0.1 0.321 / 1.033, with 0.2 0.252 / 0.924. Margin 0.2 at 30k gave 0.347 / 1.088.
+#   CarGoal1: 0.690 / 1.078 at 30k, 0.699 / 1.142 at 15k (BC-safe 0.610 / 1.429 over 50 episodes); w_safe
+#   20 gave 0.658 / 1.199, margin 0.2 0.681 / 1.247 (50 episodes).
+# - alpha=1: alpha 2-3 lowers reward more than cost (PointGoal1, "recovering": 0.366 / 1.312).
 # - normalize_observations: the raw features differ in scale by about 100x (accelerometer std 8, lidar
 #   0.05-0.3); standardised, the critic ranks states better (Spearman with the MC HJ value 0.53 -> 0.60).
 # - expectile_safety=0.5, w_safe=10: Q_h estimates the behaviour's own HJ value, the pessimistic reading the
 #   shield needs (with tau_h 0.9 on the same data the shield cuts goal_lidar's cost by at most 16%).
-# - infeasible_reward_weight and cost_penalty stay 0: the actor enters a hazard about once per violating
-#   episode and stays about 30 steps (goal_lidar, driving through, stays 13), now and then all episode
-#   long (Q_h rates half the in-hazard held-out steps as feasible). infeasible_reward_weight=0.3 with
-#   cost_penalty=0.1 measured c_norm 0.875 at r_norm 0.309 on the first 50 episodes per seed, but 1.197 at
-#   0.284 over 100 (one episode costs 879); these defaults give 1.174 at 0.305 over the same 100 episodes.
-# - flow_episodes="recovering" (the safe episodes plus the steps out of a hazard) halves the stays and gives
-#   r_norm 0.439 at c_norm 1.251 (100 episodes per seed); with safety_margin 0.1 0.321 / 1.033, with 0.2
-#   0.252 / 0.924: the same reward-for-cost line through BC-safe's point (0.303 / 0.974), so "safe" stays.
-_SAFETY_GYM_POINT_GOAL = _SAFETY_GYM.replace(
-    flow_episodes="safe",
+# - infeasible_reward_weight and cost_penalty stay 0: 0.3 / 0.1 measured c_norm 0.875 over the first 50
+#   episodes per seed but 1.197 over 100 ("safe" teacher); with "recovering" irw 0.3 gave 0.437 / 1.361.
+_SAFETY_GYM_GOAL = _SAFETY_GYM.replace(
+    flow_episodes="recovering",
+    safety_margin=0.1,
     normalize_observations=True,
     expectile_safety=0.5,
     w_safe=10.0,
 )
-
-# Safety-Gymnasium Car Goal tasks: the Point Goal settings with the recovering teacher and a gate margin of
-# 0.1. Measured on CarGoal1 (hazard-distance data, 150 episodes, 3 seeds x 100 episodes; README, CarGoal1
-# table and variants): 30k updates give r_norm 0.690 at c_norm 1.078 (15k: 0.699 / 1.142), above BC-safe
-# on both counts (0.610 / 1.429 over 50 episodes). The teacher of the safe episodes gave 0.711 / 1.159
-# (20 episodes); w_safe 20 gave 0.658 / 1.199 and safety_margin 0.2 0.681 / 1.247 (50 episodes).
-_SAFETY_GYM_CAR_GOAL = _SAFETY_GYM_POINT_GOAL.replace(flow_episodes="recovering", safety_margin=0.1)
 
 _GENERIC = SafeFQLConfig(
     critic_hidden=(256, 256),
@@ -292,10 +284,8 @@ def default_config(env_id: str) -> SafeFQLConfig:
     name = env_id.lower()
     if "boatnav" in name:
         return _BOAT
-    if name.startswith("safetypointgoal"):
-        return _SAFETY_GYM_POINT_GOAL
-    if name.startswith("safetycargoal"):
-        return _SAFETY_GYM_CAR_GOAL
+    if name.startswith(("safetypointgoal", "safetycargoal")):
+        return _SAFETY_GYM_GOAL
     if name.startswith("safety") or "safety_gym" in name or "safetygym" in name:
         return _SAFETY_GYM
     return _GENERIC
