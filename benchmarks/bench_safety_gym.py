@@ -590,12 +590,12 @@ def quick_episode_sets(config: Any, train_t: Any) -> tuple[Any, str | None]:
     then ``flow_episodes`` / ``reward_episodes`` other than "all" have nothing to learn from. The smoke run
     falls back to "all" for those fields and says so, instead of stopping (a full run keeps the error)."""
     from safefql.training.config import EPISODE_WEIGHTS
+    from safefql.training.trainer import unsafe_episode_ids
 
     chosen = {name: getattr(config, name) for name in EPISODE_WEIGHTS if getattr(config, name) != "all"}
     if not chosen:
         return config, None
-    unsafe = np.unique(train_t.episode_ids[np.asarray(train_t.future_worst_h) > 0])
-    if np.unique(train_t.episode_ids).size > unsafe.size:
+    if np.unique(train_t.episode_ids).size > unsafe_episode_ids(train_t).size:
         return config, None
     fields = ", ".join(f"{k}={v!r}" for k, v in chosen.items())
     note = f"--quick: every training episode enters the failure set, so {fields} fell back to 'all'"
@@ -603,13 +603,13 @@ def quick_episode_sets(config: Any, train_t: Any) -> tuple[Any, str | None]:
 
 
 def stage_safefql(
-    env_id: str, args: Any, transitions: Any, run_dir: Path, train_t: Any = None
+    env_id: str, args: Any, transitions: Any, train_t: Any, run_dir: Path
 ) -> tuple[dict[str, Any], list]:
     from safefql.training.trainer import train
 
     config = cpu_config(env_id, args.overrides, args.quick)
     note = None
-    if args.quick and train_t is not None:
+    if args.quick:
         config, note = quick_episode_sets(config, train_t)
         if note:
             print(note)
@@ -759,7 +759,7 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
     policies: dict[str, list[Callable[[int], Callable[[np.ndarray], Any]]]] = {}
     training: dict[str, Any] = {}
     t0 = time.perf_counter()
-    tr, paths = stage_safefql(env_id, args, transitions, work / "safefql", train_t)
+    tr, paths = stage_safefql(env_id, args, transitions, train_t, work / "safefql")
     timings["train_safefql_s"] = time.perf_counter() - t0
     training["safefql"] = tr
     console.print(f"[dim]trained SafeFQL: {tr['wall_time_s']:.0f} s, {tr['updates_per_s']:.1f} upd/s[/dim]")

@@ -174,9 +174,7 @@ def device_dataset(transitions: Any, config: Any) -> Any:
         names = (*REQUIRED_KEYS, *OPTIONAL_KEYS, "episode_ids")
         arrays = {k: getattr(transitions, k) for k in names if getattr(transitions, k, None) is not None}
     if weighted:
-        # future_worst_h covers every state of an episode, its last next-observation included
-        unsafe_ids = np.unique(transitions.episode_ids[np.asarray(transitions.future_worst_h) > 0])
-        weights = (~np.isin(arrays["episode_ids"], unsafe_ids)).astype(np.float32)
+        weights = (~np.isin(arrays["episode_ids"], unsafe_episode_ids(transitions))).astype(np.float32)
         if not weights.any():
             raise ValueError(
                 f"{', '.join(weighted)}: every episode of the dataset enters the failure set (h > 0), so "
@@ -186,6 +184,12 @@ def device_dataset(transitions: Any, config: Any) -> Any:
         if config.flow_episodes == "recovering":
             arrays["flow_weights"] = np.maximum(weights, recovery_steps(transitions)).astype(np.float32)
     return DeviceDataset.from_arrays(arrays)
+
+
+def unsafe_episode_ids(transitions: Any) -> np.ndarray:
+    """The ids of the episodes that enter the failure set (``h > 0`` at some state)."""
+    # future_worst_h covers every state of an episode, its last next-observation included
+    return np.unique(np.asarray(transitions.episode_ids)[np.asarray(transitions.future_worst_h) > 0])
 
 
 def recovery_steps(transitions: Any) -> np.ndarray:
