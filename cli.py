@@ -41,6 +41,7 @@ class Fallback(StrEnum):  # safefql.shields.wrapper.FALLBACKS (a test keeps the 
     nearest = "nearest"
     actor = "actor"
     samples = "samples"
+    safest = "safest"
 
 
 def _fail(exc: Exception) -> typer.Exit:

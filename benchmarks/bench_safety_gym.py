@@ -26,9 +26,9 @@ Per task (``--envs``, default SafetyPointGoal1Gymnasium-v0 and SafetyCarGoal1Gym
 (d) **shield**: the goal_lidar agent (steers at the goal, ignores hazards) alone vs wrapped in
     ``SafeFQLShield`` with seed 0's checkpoint (``--shield-seeds K``: each of the first K seeds'
     checkpoints, every number then the mean over them, with its std), for each fallback in
-    ``--shield-fallbacks`` (default "nearest" and "actor"; "samples" on request), at ``delta = 0`` and at
-    the offline conformal ``delta`` (``calibrate(ckpt, "offline", eps=--eps)`` on the held-out episodes, each
-    checkpoint its own) when finite, plus each fixed ``--shield-deltas`` value
+    ``--shield-fallbacks`` (default "safest" and "samples"; "nearest" and "actor" on request), at
+    ``delta = 0`` and at the offline conformal ``delta`` (``calibrate(ckpt, "offline", eps=--eps)`` on the
+    held-out episodes, each checkpoint its own) when finite, plus each fixed ``--shield-deltas`` value
     (a sweep of the trade-off between cost and interventions). Reported: episode-cost reduction (target
     >= 80% while the agent still acts), return change, intervention rate. ``--reuse-safefql`` evaluates a
     finished SafeFQL run of the same config, seeds and dataset again (``trainer.finished_run``) instead of
@@ -605,7 +605,7 @@ def quick_episode_sets(config: Any, train_t: Any) -> tuple[Any, str | None]:
 def stage_safefql(
     env_id: str, args: Any, transitions: Any, train_t: Any, run_dir: Path
 ) -> tuple[dict[str, Any], list]:
-    from safefql.training.trainer import train
+    from safefql.training.trainer import TRAIN_STATE_FILE, finished_run, train
 
     config = cpu_config(env_id, args.overrides, args.quick)
     note = None
@@ -613,6 +613,20 @@ def stage_safefql(
         config, note = quick_episode_sets(config, train_t)
         if note:
             print(note)
+    # --resume-safefql: continue a shorter run of this config (resume is exact: the same weights as a
+    # run trained from scratch to --steps); a run already at --steps is reused as with --reuse-safefql
+    reuse = args.reuse_safefql
+    resume = args.resume_safefql and (run_dir / TRAIN_STATE_FILE).is_file()
+    if resume and finished_run(
+        run_dir,
+        config,
+        steps=args.steps,
+        seeds=args.seeds,
+        seed=args.seed,
+        dataset_id=(transitions.metadata or {}).get("dataset_id"),
+        calib_fraction=args.calib_fraction,
+    ):
+        resume, reuse = False, True
     res = train(
         transitions,
         out_dir=run_dir,
@@ -622,10 +636,13 @@ def stage_safefql(
         seeds=args.seeds,
         calib_fraction=args.calib_fraction,
         eval_episodes=0,
-        overwrite=True,
-        reuse=args.reuse_safefql,  # evaluate a finished run again (new shield runs) without retraining it
+        overwrite=not resume,
+        resume=resume,
+        reuse=reuse,  # evaluate a finished run again (new shield runs) without retraining it
         progress=args.progress,
     )
+    if resume:
+        print(f"resumed the SafeFQL run in {run_dir} to {res.steps} updates (--resume-safefql)")
     if res.reused:
         print(f"reusing the finished SafeFQL run in {run_dir} (--reuse-safefql)")
     train_report = {
@@ -1081,8 +1098,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--shield-fallbacks",
-        default="nearest,actor",
-        help="shield fallbacks to run (nearest, actor, samples)",
+        default="safest,samples",
+        help="shield fallbacks to run (comma-separated: safest, samples, nearest, actor)",
     )
     parser.add_argument(
         "--shield-seeds", type=int, default=1, help="run the shield with the first K seeds' checkpoints"
@@ -1091,12 +1108,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--shield-candidates",
         type=int,
         default=10,
-        help="the shield's num_candidates: segment points (nearest) or actor draws (samples)",
+        help="the shield's num_candidates: segment points (nearest) or actor draws (samples, safest)",
     )
     parser.add_argument(
         "--reuse-safefql",
         action="store_true",
         help="skip SafeFQL training when the work dir holds a finished run with the same config and sizes",
+    )
+    parser.add_argument(
+        "--resume-safefql",
+        action="store_true",
+        help="continue a shorter SafeFQL run of the same config in the work dir up to --steps (exact: the "
+        "same weights as training from scratch); a run already at --steps is reused",
     )
     parser.add_argument("--set", action="append", default=[], help="SafeFQLConfig override key=value")
     parser.add_argument(

@@ -29,6 +29,11 @@ Fallbacks (what replaces an unsafe proposal):
   draws follow the distilled behaviour distribution, so every candidate lies where the critic was trained;
   the box-spread candidates of ``"nearest"`` do not. Seeded by ``rng`` or ``reset(seed=...)``. With a model
   whose ``act`` ignores the generator (e.g. ``BoatOracleModel``) every draw is the actor's action.
+- ``"safest"``: the candidates of ``"samples"``, but the one with the smallest ``Q_h`` is executed,
+  however far from the proposal. The most conservative replacement: where the critic's zero level set
+  lies close to the failure set, "nearest feasible" keeps steering along its edge, "safest" steps back.
+  On Safety-Gymnasium's Goal tasks it removes more of the reward-greedy agent's cost at fewer
+  interventions (README, Safety-Gymnasium shield table).
 
 Why ``"nearest"`` is the default. Measured on the boat with the ground-truth critic
 (``safefql.shields.evaluate.BoatOracleModel``, delta 0.02), 200 oracle-safe starts, seed 1:
@@ -46,7 +51,8 @@ Both remove every violation; "nearest" stays closer to what the agent asked for,
 agent's intent differs from the actor's (random, zero). With a learned critic whose actor is itself unsafe
 near the rocks, "nearest" is also the safer one (README, tuning notes). ``tests/test_shield.py::
 test_boat_fallbacks_compared`` re-checks the ordering. The cost is one batched critic call of ``K + M``
-rows, only on the steps that intervene (``"samples"``: one batched actor call and one critic call).
+rows, only on the steps that intervene (``"samples"``, ``"safest"``: one batched actor call and one critic
+call).
 
 The hot path calls ``model.numpy()`` once and then runs only NumPy per step (no JAX dispatch).
 """
@@ -63,7 +69,7 @@ import gymnasium as gym
 import numpy as np
 
 MODES = ("shield", "policy")
-FALLBACKS = ("nearest", "actor", "samples")
+FALLBACKS = ("nearest", "actor", "samples", "safest")
 BACKENDS = ("auto", "numpy", "jax")
 _REQUIRED = ("act", "safety_q", "observation_space", "action_space")
 DEFAULT_NUM_SPREAD = 32  # fixed candidates spread over the action box, scored by the "nearest" fallback
@@ -283,7 +289,7 @@ class _Decider:
         if self.fallback == "actor":
             return actor, self.q(obs, actor)
         n = obs.shape[0]
-        if self.fallback == "samples":
+        if self.fallback in ("samples", "safest"):
             # mu(s, 0) and K draws mu(s, z_k), one batched call: candidates where the data (and critic) are
             mode = actor if not self.stochastic else np.asarray(self.fast.act(obs), dtype=np.float64)
             draws = np.asarray(self.fast.act(np.repeat(obs, self.k, axis=0), self.rng), dtype=np.float64)
@@ -298,12 +304,15 @@ class _Decider:
         m = cands.shape[1]
         qc = self.q(np.repeat(obs, m, axis=0), cands.reshape(n * m, *self.shape)).reshape(n, m)
         qn = np.where(np.isnan(qc), np.inf, qc)
+        rows = np.arange(n)
+        if self.fallback == "safest":
+            idx = qn.argmin(axis=1)
+            return cands[rows, idx], qc[rows, idx]
         feasible = qn + self.delta <= 0.0
         # The segment comes first, ordered by distance; spread candidates win only when strictly nearer.
         dist = np.sqrt(((cands - proposed[:, None]) ** 2).reshape(n, m, -1).sum(-1))
         nearest = np.where(feasible, dist, np.inf).argmin(axis=1)
         idx = np.where(feasible.any(axis=1), nearest, qn.argmin(axis=1))
-        rows = np.arange(n)
         return cands[rows, idx], qc[rows, idx]
 
     def decide_batch(
@@ -365,13 +374,13 @@ class SafeFQLShield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         checkpoint: None (the shipped model for ``env.spec.id``), a checkpoint path, or a policy object
             (``act``, ``safety_q``, ``delta``, ``observation_space``, ``action_space``; see module doc).
         mode: ``"shield"`` (filter the proposed action) or ``"policy"`` (ignore it, run the actor).
-        fallback: ``"nearest"``, ``"actor"`` or ``"samples"``: the replacement for an unsafe proposal
-            (module doc).
-        rng: seed or Generator for the actor noise (``stochastic``, and the ``"samples"`` draws); if not
+        fallback: ``"nearest"``, ``"actor"``, ``"samples"`` or ``"safest"``: the replacement for an unsafe
+            proposal (module doc).
+        rng: seed or Generator for the actor noise (``stochastic``, and the sampled draws); if not
             given, ``reset(seed=s)`` re-seeds it with ``s``.
         stochastic: draw ``z ~ N(0, I)`` for the actor; default ``z = 0`` (deterministic actor).
         delta: override the model's calibrated ``delta``.
-        num_candidates: ``K`` for the ``"nearest"`` and ``"samples"`` fallbacks.
+        num_candidates: ``K`` for the ``"nearest"``, ``"samples"`` and ``"safest"`` fallbacks.
         num_spread: ``M`` fixed candidates spread over the action box for the ``"nearest"`` fallback.
         backend: ``"auto"`` (``model.numpy()`` if it has one), ``"numpy"`` (require it) or ``"jax"`` (the
             model's own methods, JAX for a ``SafeFQLPolicy``).
@@ -556,8 +565,9 @@ class SafeFQLVectorShield(gym.vector.VectorWrapper):
 
     Same arguments as :class:`SafeFQLShield` (the spaces checked are the env's single spaces). With the
     deterministic actor and a deterministic fallback (``"nearest"``, ``"actor"``), each sub-env gets exactly
-    the decisions a :class:`SafeFQLShield` would make for it; the ``"samples"`` draws come from one generator
-    for the batch (NumPy backend: for the unsafe rows only; JAX backend: for every row), so they differ.
+    the decisions a :class:`SafeFQLShield` would make for it; the sampled draws (``"samples"``, ``"safest"``)
+    come from one generator for the batch (NumPy backend: for the unsafe rows only; JAX backend: for every
+    row), so they differ.
     ``info["shield"]`` holds the same keys as arrays over the sub-envs (``delta`` and ``mode`` scalars).
     Autoreset: in next-step mode the step that resets a sub-env ignores its action, so it reports
     ``intervened=False``, ``applied == proposed`` and NaN ``Q_h`` values; the counters of a sub-env restart at

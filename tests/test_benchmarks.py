@@ -324,7 +324,7 @@ def test_bench_safety_gym_quick_run_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     out = tmp_path / "sg.json"
     argv = ["--quick", "--envs", "car", "--seeds", "2", "--shield-seeds", "2", "--eval-episodes", "1"]
-    argv += ["--shield-fallbacks", "samples", "--references", "", "--work-dir", str(tmp_path)]
+    argv += ["--shield-fallbacks", "safest", "--references", "", "--work-dir", str(tmp_path)]
     sg.main([*argv, "--out", str(out), "--no-progress"])
     entry = json.loads(out.read_text())["envs"]["SafetyCarGoal1Gymnasium-v0"]
     methods = entry["evaluation"]["methods"]
@@ -333,8 +333,38 @@ def test_bench_safety_gym_quick_run_end_to_end(tmp_path, monkeypatch):
         seeds = methods[name]["per_seed"]
         assert len(seeds) == 2 and all(s["episodes"] == 1 and s["cost_onsets"] >= 0 for s in seeds)
     shield = entry["shield"]
-    assert len(shield["checkpoints"]) == 2 and shield["samples_delta_0"]["seeds"] == 2
-    assert 0.0 <= shield["samples_delta_0"]["intervention_rate"] <= 1.0
+    assert len(shield["checkpoints"]) == 2 and shield["safest_delta_0"]["seeds"] == 2
+    assert 0.0 <= shield["safest_delta_0"]["intervention_rate"] <= 1.0
+
+
+@pytest.mark.slow  # ~60 s: three tiny SafeFQL-only runs
+def test_bench_safety_gym_resumes_a_shorter_safefql_run(tmp_path, monkeypatch):
+    # --resume-safefql continues a 200-update run to 400; resume is exact, so the policy equals the one a
+    # fresh 400-update run writes, to the last bit
+    sg = _load("bench_safety_gym")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    argv = ["--quick", "--envs", "car", "--seeds", "1", "--methods", "safefql", "--eval-episodes", "1"]
+    argv += ["--shield-episodes", "1", "--shield-fallbacks", "safest", "--references", "", "--no-progress"]
+    argv += ["--no-calibrated-shield", "--reuse-data"]
+
+    def run(work: str, steps: int, *extra: str) -> dict:
+        out = tmp_path / f"{work}-{steps}.json"
+        sg.main([*argv, "--work-dir", str(tmp_path / work), "--steps", str(steps), *extra, "--out", str(out)])
+        return json.loads(out.read_text())["envs"]["SafetyCarGoal1Gymnasium-v0"]["training"]["safefql"]
+
+    run("resumed", 200)
+    resumed = run("resumed", 400, "--resume-safefql")
+    fresh = run("fresh", 400)
+    assert resumed["steps"] == fresh["steps"] == 400 and not resumed["reused"]
+    from safefql.training.policy import SafeFQLPolicy
+
+    a, b = (SafeFQLPolicy.load(r["policy_paths"][0]) for r in (resumed, fresh))
+    obs = np.random.default_rng(0).normal(size=(16, *a.observation_space.shape)).astype(np.float32)
+    act = a.act(obs, np.random.default_rng(1))
+    assert np.array_equal(act, b.act(obs, np.random.default_rng(1)))
+    assert np.array_equal(a.safety_q(obs, act), b.safety_q(obs, act))
+    again = run("resumed", 400, "--resume-safefql")  # already at 400 updates: reused, not trained
+    assert again["reused"]
 
 
 def test_bench_safety_gym_keeps_the_collection_time_of_a_reused_dataset():
@@ -777,3 +807,28 @@ def test_bench_safety_gym_quick_falls_back_to_all_episodes_only_without_a_safe_o
     assert "flow_episodes='recovering'" in note and "reward_episodes='safe'" in note
     plain = SafeFQLConfig(flow_episodes="all")
     assert sg.quick_episode_sets(plain, episodes([0.3])) == (plain, None)
+
+
+def test_shield_tries_ensemble_is_pessimistic_and_parses_tries():
+    tries = _load("safety_gym_shield_tries")
+
+    class Member:
+        def __init__(self, offset: float) -> None:
+            self.offset = offset
+            self.observation_space = self.action_space = None
+
+        def act(self, obs, rng=None):
+            return np.full_like(obs, self.offset)
+
+        def safety_q(self, obs, action):
+            return np.asarray(action, dtype=np.float64).sum(-1) + self.offset
+
+    ens = tries.MaxEnsemble([Member(0.0), Member(0.5), Member(-1.0)], lead=2)
+    a = np.array([[0.1, 0.2], [-0.3, 0.0]])
+    assert ens.safety_q(a, a).tolist() == pytest.approx([0.8, 0.2])  # the largest member's Q_h
+    assert ens.act(a).tolist() == [[-1.0, -1.0], [-1.0, -1.0]]  # the lead member acts
+    assert tries.parse_try("safest:0.1") == {"kind": "goal", "fallback": "safest", "delta": 0.1, "k": 10}
+    assert tries.parse_try("ensemble:samples:0.2:32")["kind"] == "ensemble"
+    assert tries.parse_try("self:safest:0:16") == {"kind": "self", "fallback": "safest", "delta": 0, "k": 16}
+    with pytest.raises(SystemExit, match="expected"):
+        tries.parse_try("safest")

@@ -194,6 +194,22 @@ def test_samples_fallback_without_a_feasible_draw_takes_the_smallest_q():
     assert info["shield"]["q_h_applied"] == pytest.approx(0.45 + SPEED * draws.min() - WALL, abs=1e-6)
 
 
+def test_safest_fallback_takes_the_draw_with_the_smallest_q():
+    # The draws of the first samples test (all feasible): "samples" takes the one nearest the proposal (the
+    # largest), "safest" the one with the smallest Q_h, the draw that steps furthest back from the wall.
+    shield = wall_shield(checkpoint=WallModel(), fallback="safest", num_candidates=16, rng=5)
+    shield.reset(options={"x": 0.45})
+    *_, info = shield.step(np.array([1.0], dtype=np.float32))
+    draws = np.random.default_rng(5).normal(scale=0.1, size=(16, 1)).astype(np.float32)
+    assert info["shield"]["intervened"] is True
+    assert draws.min() < 0.0  # the actor's own action (0) is a candidate but not the safest here
+    assert info["shield"]["applied"].tolist() == pytest.approx([draws.min()])
+    assert info["shield"]["q_h_applied"] == pytest.approx(0.45 + SPEED * draws.min() - WALL, abs=1e-6)
+    # a safe proposal still passes untouched
+    *_, info = shield.step(np.array([-1.0], dtype=np.float32))
+    assert info["shield"]["intervened"] is False and info["shield"]["applied"].tolist() == [-1.0]
+
+
 def test_samples_fallback_is_seeded_by_reset():
     def run(seed):
         shield = wall_shield(fallback="samples")
@@ -402,7 +418,7 @@ def test_bad_options_raise():
     with pytest.raises(ValueError, match=r"mode must be one of \('shield', 'policy'\), got 'filter'"):
         wall_shield(mode="filter")
     with pytest.raises(
-        ValueError, match=r"fallback must be one of \('nearest', 'actor', 'samples'\), got 'random'"
+        ValueError, match=r"fallback must be one of \('nearest', 'actor', 'samples', 'safest'\), got 'random'"
     ):
         wall_shield(fallback="random")
     with pytest.raises(ValueError, match="num_candidates must be a positive integer"):

@@ -249,7 +249,8 @@ _SAFETY_GYM = SafeFQLConfig(
 #   through BC-safe's point (0.303 / 0.974): "safe" 0.305 / 1.174, "recovering" 0.439 / 1.251, with margin
 #   0.1 0.321 / 1.033, with 0.2 0.252 / 0.924. Margin 0.2 at 30k gave 0.347 / 1.088.
 #   CarGoal1: 0.690 / 1.078 at 30k, 0.699 / 1.142 at 15k (BC-safe 0.610 / 1.429 over 50 episodes); w_safe
-#   20 gave 0.658 / 1.199, margin 0.2 0.681 / 1.247 (50 episodes).
+#   20 gave 0.658 / 1.199, margin 0.2 0.681 / 1.247 (50 episodes). 60k updates do not help: PointGoal1
+#   0.397 / 1.334 (one seed at 2.10), CarGoal1 0.676 / 1.066.
 # - alpha=1: alpha 2-3 lowers reward more than cost (PointGoal1, "recovering": 0.366 / 1.312).
 # - normalize_observations: the raw features differ in scale by about 100x (accelerometer std 8, lidar
 #   0.05-0.3); standardised, the critic ranks states better (Spearman with the MC HJ value 0.53 -> 0.60).
