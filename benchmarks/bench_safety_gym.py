@@ -1199,6 +1199,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--shield-deltas must be comma-separated numbers, got {args.shield_deltas!r}")
     if any(not math.isfinite(d) or d < 0 for d in args.shield_deltas):
         parser.error(f"--shield-deltas must be finite and >= 0, got {args.shield_deltas}")
+    if args.resume_safefql and args.reuse_safefql:
+        parser.error("--resume-safefql already reuses a run at --steps: pass it without --reuse-safefql")
     args.references = [r.strip() for r in args.references.split(",") if r.strip()]
     if any(r not in REFERENCE_POLICIES for r in args.references):
         parser.error(f"--references must come from {REFERENCE_POLICIES}")

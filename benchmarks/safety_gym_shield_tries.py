@@ -12,7 +12,8 @@ The README's "sixth session" notes. Loads the finished SafeFQL run of the benchm
 
 Each try reports the cost reduction against its agent alone on the same starts, the intervention rate and
 the normalized return and cost (``--r-min``/``--r-max``: the dataset's episode-return range, as in the
-benchmark's JSON; cost limit 25). Results go under ``--tag`` into ``--out`` (JSON, with the command)::
+benchmark's JSON; the benchmark's default cost limit, 25). Results go under ``--tag`` into ``--out``
+(JSON, with the command)::
 
     uv run python benchmarks/safety_gym_shield_tries.py --env car \\
         --run-dir /tmp/sgbench/car/SafetyCarGoal1Gymnasium-v0/safefql --r-min -3.55 --r-max 27.20 \\
@@ -35,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 ENVS = {"point": "SafetyPointGoal1Gymnasium-v0", "car": "SafetyCarGoal1Gymnasium-v0"}
-COST_LIMIT = 25.0
+KEYS = ("r_norm", "c_norm", "cost", "intervention_rate")  # of bench_safety_gym.summarize, kept per seed
 
 
 class MaxEnsemble:
@@ -96,28 +97,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     agents["self"] = lambda seed: fast[seed].act
 
     def norm(ep: dict[str, Any]) -> dict[str, float]:
-        return {
-            "r_norm": float((ep["returns"].mean() - args.r_min) / (args.r_max - args.r_min)),
-            "c_norm": float(ep["costs"].mean() / COST_LIMIT),
-            "cost": float(ep["costs"].mean()),
-            "intervention_rate": float(ep["interventions"].sum() / ep["steps"].sum()),
-        }
+        s = bench.summarize(ep, args.r_min, args.r_max, bench.DEFAULT_COST_LIMIT)
+        return {k: s[k] for k in KEYS}
 
     def make(env_id: str = env_id) -> Any:
         return bench._make_env(env_id)
 
     t0 = time.perf_counter()
-    alone: dict[tuple[str, int], dict[str, float]] = {}
+    alone: dict[tuple[str, int], dict[str, float]] = {}  # goal_lidar is the same agent for every seed
     rows = []
     for t in tries:
         agent_kind = "self" if t["kind"] == "self" else "goal"
         per_seed = []
         for seed in range(args.seeds):
             act = agents[agent_kind](seed)
-            if (agent_kind, seed) not in alone:
-                alone[agent_kind, seed] = norm(
-                    bench.run_episodes(make, act, args.episodes, bench.EVAL_SEED, None)
-                )
+            key = (agent_kind, seed if agent_kind == "self" else 0)
+            if key not in alone:
+                alone[key] = norm(bench.run_episodes(make, act, args.episodes, bench.EVAL_SEED, None))
             model = MaxEnsemble(fast, seed) if t["kind"] == "ensemble" else models[seed]
 
             def shielded(model: Any = model, t: dict[str, Any] = t) -> Any:
@@ -126,9 +122,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )
 
             s = norm(bench.run_episodes(shielded, act, args.episodes, bench.EVAL_SEED, None))
-            base = alone[agent_kind, seed]["cost"]
+            base = alone[key]["cost"]
             s["cost_reduction"] = float(1.0 - s["cost"] / base) if base > 0 else float("nan")
-            s["alone"] = alone[agent_kind, seed]
+            s["alone"] = alone[key]
             per_seed.append(s)
         red = np.array([s["cost_reduction"] for s in per_seed])
         row = t | {

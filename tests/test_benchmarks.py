@@ -639,6 +639,7 @@ def test_bench_safety_gym_rejects_unknown_shield_fallbacks(capsys):
         (["--shield-candidates", "0"], "--shield-candidates must be >= 1"),
         (["--shield-fallbacks", "samples,bogus"], "--shield-fallbacks must come from"),
         (["--seeds", "2", "--shield-seeds", "3"], "--shield-seeds (3) cannot exceed --seeds (2)"),
+        (["--resume-safefql", "--reuse-safefql"], "--resume-safefql already reuses a run at --steps"),
     ],
 )
 def test_bench_safety_gym_rejects_bad_flags(capsys, flags, message):
