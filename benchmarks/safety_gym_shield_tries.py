@@ -8,7 +8,10 @@ The README's "sixth session" notes. Loads the finished SafeFQL run of the benchm
   num_candidates=K)`` (K default 10);
 - ``ensemble:FALLBACK:DELTA[:K]``: the same with a pessimistic ensemble as the model: ``Q_h`` is the max
   over all seeds' critics, the actor is the seed's own;
-- ``self:FALLBACK:DELTA[:K]``: the SafeFQL actor itself (z = 0) as the agent, inside its own shield.
+- ``self:FALLBACK:DELTA[:K]``: the SafeFQL actor itself (z = 0) as the agent, inside its own shield;
+- ``teacher:FALLBACK:DELTA[:K]``: the goal_lidar agent inside a shield whose candidate actions come from
+  the checkpoint's flow teacher (``flow_steps`` Euler steps from ``z``; ``z = 0`` for the mode) instead of
+  the one-step actor, ``Q_h`` the seed's own.
 
 Each try reports the cost reduction against its agent alone on the same starts, the intervention rate and
 the normalized return and cost (``--r-min``/``--r-max``: the dataset's episode-return range, as in the
@@ -56,11 +59,38 @@ class MaxEnsemble:
         return np.max([m.safety_q(obs, action) for m in self.members], axis=0)
 
 
+class TeacherSource:
+    """A shield model whose ``act`` samples the flow teacher of a policy (``Q_h`` is the policy's)."""
+
+    delta = 0.0
+
+    def __init__(self, policy: Any) -> None:
+        import jax
+
+        from safefql.training.safefql import flow_actions
+
+        self.policy, self.fast = policy, policy.numpy()
+        self.observation_space, self.action_space = policy.observation_space, policy.action_space
+        agent, steps = policy.agent, int(policy.header["config"]["flow_steps"])
+        self._sample = jax.jit(lambda obs, z: flow_actions(agent, obs, z, steps))
+
+    def act(self, obs: Any, rng: np.random.Generator | None = None) -> np.ndarray:
+        o = np.asarray(obs, np.float32)
+        batch = o.reshape(-1, o.shape[-1])
+        shape = (batch.shape[0], *self.action_space.shape)
+        z = np.zeros(shape, np.float32) if rng is None else rng.standard_normal(shape, dtype=np.float32)
+        a = np.asarray(self._sample(batch, z))
+        return a[0] if o.ndim == 1 else a
+
+    def safety_q(self, obs: Any, action: Any) -> np.ndarray:
+        return self.fast.safety_q(obs, action)
+
+
 def parse_try(spec: str) -> dict[str, Any]:
     parts = spec.split(":")
-    kind = parts.pop(0) if parts[0] in ("ensemble", "self") else "goal"
+    kind = parts.pop(0) if parts[0] in ("ensemble", "self", "teacher") else "goal"
     if len(parts) not in (2, 3):
-        raise SystemExit(f"--try {spec!r}: expected [ensemble:|self:]FALLBACK:DELTA[:K]")
+        raise SystemExit(f"--try {spec!r}: expected [ensemble:|self:|teacher:]FALLBACK:DELTA[:K]")
     return {
         "kind": kind,
         "fallback": parts[0],
@@ -114,7 +144,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             key = (agent_kind, seed if agent_kind == "self" else 0)
             if key not in alone:
                 alone[key] = norm(bench.run_episodes(make, act, args.episodes, bench.EVAL_SEED, None))
-            model = MaxEnsemble(fast, seed) if t["kind"] == "ensemble" else models[seed]
+            if t["kind"] == "ensemble":
+                model = MaxEnsemble(fast, seed)
+            elif t["kind"] == "teacher":
+                model = TeacherSource(models[seed])
+            else:
+                model = models[seed]
 
             def shielded(model: Any = model, t: dict[str, Any] = t) -> Any:
                 return SafeFQLShield(

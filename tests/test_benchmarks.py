@@ -833,3 +833,80 @@ def test_shield_tries_ensemble_is_pessimistic_and_parses_tries():
     assert tries.parse_try("self:safest:0:16") == {"kind": "self", "fallback": "safest", "delta": 0, "k": 16}
     with pytest.raises(SystemExit, match="expected"):
         tries.parse_try("safest")
+
+
+def test_shield_tries_teacher_source_samples_the_flow_teacher():
+    import gymnasium as gym
+    import jax
+
+    from safefql.training.checkpoint import space_to_dict
+    from safefql.training.config import SafeFQLConfig
+    from safefql.training.policy import SafeFQLPolicy
+    from safefql.training.safefql import create_train_state, flow_actions
+
+    tries = _load("safety_gym_shield_tries")
+    assert tries.parse_try("teacher:safest:0.1")["kind"] == "teacher"
+    cfg = SafeFQLConfig(
+        critic_hidden=(8,), value_hidden=(8,), actor_hidden=(8,), flow_hidden=(8,), flow_steps=4
+    )
+    agent = create_train_state(cfg, 3, 2, jax.random.key(0)).agent
+    header = {
+        "config": cfg.to_dict(),
+        "observation_space": space_to_dict(gym.spaces.Box(-1.0, 1.0, (3,), np.float32)),
+        "action_space": space_to_dict(gym.spaces.Box(-1.0, 1.0, (2,), np.float32)),
+    }
+    policy = SafeFQLPolicy.from_agent(agent, header)
+    source = tries.TeacherSource(policy)
+    obs = np.random.default_rng(0).uniform(-1, 1, (5, 3)).astype(np.float32)
+    mode = np.asarray(flow_actions(agent, obs, np.zeros((5, 2), np.float32), 4))
+    np.testing.assert_allclose(source.act(obs), mode, atol=1e-6)  # z = 0: the teacher's ODE from the origin
+    assert source.act(obs[0]).shape == (2,)
+    z = np.random.default_rng(1).standard_normal((5, 2), dtype=np.float32)
+    drawn = np.asarray(flow_actions(agent, obs, z, 4))
+    np.testing.assert_allclose(source.act(obs, np.random.default_rng(1)), drawn, atol=1e-6)
+    np.testing.assert_allclose(source.safety_q(obs, mode), policy.safety_q(obs, mode), atol=1e-5)
+
+
+def test_shield_rollout_account_splits_cost_into_entries_and_stays():
+    diag = _load("diagnose_shield_rollouts")
+    # Two episodes of 4 steps, concatenated: the cost of the state before and after each step.
+    cost_before = np.array([0, 0, 1, 1, 0, 0, 0, 1], float)
+    cost = np.array([0, 1, 1, 0, 0, 0, 1, 1], float)
+    h = np.array([-1.0, -0.1, 0.05, 0.02, -0.5, -0.4, -0.05, 0.1])
+    intervened = np.array([1, 1, 0, 0, 1, 0, 0, 1], float)
+    q_proposed = h * 0.5
+    r = {
+        "h": h,
+        "cost_before": cost_before,
+        "cost": cost,
+        "intervened": intervened,
+        "q_proposed": q_proposed,
+        "q_applied": q_proposed - 0.01,
+    }
+    s = diag.account(r, episodes=2)
+    assert s["cost_per_episode"] == 2.0
+    assert s["entries_per_episode"] == 1.0  # steps 1 and 6
+    assert s["stay_steps_per_episode"] == 1.0  # steps 2 and 7
+    assert s["entries"]["steps"] == 2 and s["entries"]["intervened"] == 0.5
+    assert s["stays"]["intervened"] == 0.5
+    assert s["entries"]["q_proposed"] == pytest.approx((-0.05 - 0.025) / 2)
+    assert s["false_alarm_rate"] == pytest.approx(2 / 3)  # h < -0.3 at steps 0, 4, 5; intervened at 0 and 4
+    assert s["q_inside_rollout"] == pytest.approx(np.mean([0.025, 0.01, 0.05]))
+    assert s["pearson_q_h_rollout"] == pytest.approx(1.0)
+
+
+def test_shield_rollout_inside_signature_reads_the_steps_inside_a_hazard():
+    diag = _load("diagnose_shield_rollouts")
+
+    class Critic:
+        def safety_q(self, obs, action):
+            return np.asarray(action, np.float64).sum(-1)
+
+    obs = np.array([[0.0, 3.0, 4.0], [0.0, 0.0, 1.0], [9.0, 0.0, 0.0]], np.float32)
+    action = np.array([[0.2, 0.1], [-0.5, 0.0], [1.0, 1.0]], np.float32)
+    h = np.array([0.1, 0.05, -0.2])
+    sig = diag.inside_signature(Critic(), obs, action, h, slice(1, 3))
+    assert sig["steps"] == 2
+    assert sig["q"] == pytest.approx((0.3 - 0.5) / 2) and sig["q_above_zero"] == 0.5
+    assert sig["depth"] == pytest.approx(0.075) and sig["speed"] == pytest.approx((5.0 + 1.0) / 2)
+    assert diag.inside_signature(Critic(), obs, action, -np.abs(h), slice(1, 3))["steps"] == 0

@@ -276,13 +276,37 @@ def test_policy_matches_the_networks_and_numpy_path(policy_path, state):
     assert np.all(np.abs(a_np) <= 1.0)
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
 @pytest.mark.parametrize("activation", ["gelu", "relu", "tanh", "silu"])
-def test_numpy_path_matches_jax_for_every_activation(activation):
-    """Folded activation scales, fused first layers and the batch-1 ``safety_q_one`` path reproduce JAX."""
+def test_numpy_path_matches_jax_for_every_activation(activation, layer_norm):
+    """Folded activation scales, fused first layers, critic LayerNorms and the batch-1 ``safety_q_one``
+    path reproduce JAX."""
     import dataclasses
 
-    config = dataclasses.replace(TINY, activation=activation, critic_hidden=(16, 16), value_hidden=(16, 16))
+    config = dataclasses.replace(
+        TINY,
+        activation=activation,
+        critic_hidden=(16, 16),
+        value_hidden=(16, 16),
+        critic_layer_norm=layer_norm,
+    )
     agent = create_train_state(config, 2, 2, jax.random.PRNGKey(7)).agent
+    if layer_norm:  # non-trivial norm parameters, so that a skipped scale or offset shows
+        keys = iter(jax.random.split(jax.random.PRNGKey(8), 16))
+        for name in ("safety_q", "safety_v", "reward_q"):
+            net = getattr(agent, name)
+            new = tuple(
+                eqx.tree_at(
+                    lambda n: (n.weight, n.bias),
+                    norm,
+                    (
+                        1.0 + 0.3 * jax.random.normal(next(keys), norm.weight.shape),
+                        0.2 * jax.random.normal(next(keys), norm.bias.shape),
+                    ),
+                )
+                for norm in net.norms
+            )
+            agent = eqx.tree_at(lambda g, name=name: getattr(g, name).norms, agent, new)
     header = _header() | {"config": config.to_dict()}
     npol = SafeFQLPolicy(agent, header).numpy()
     rng = np.random.default_rng(1)

@@ -151,8 +151,15 @@ H = np.array([-1.0, -0.6, 0.4, -0.7, -0.9, -0.3], np.float32)
 R = np.array([0.5, -1.0, 0.2, 0.8, -0.4, 1.0], np.float32)
 
 
-@pytest.fixture(scope="module")
-def chain_run():
+def _hj_chain_values() -> np.ndarray:
+    exact = np.zeros(len(H))
+    exact[-1] = H[-1]  # terminal: y_h = h
+    for i in range(len(H) - 2, -1, -1):
+        exact[i] = (1 - GAMMA) * H[i] + GAMMA * max(H[i], exact[i + 1])
+    return exact
+
+
+def _train_chain(config: SafeFQLConfig):
     """Deterministic chain 0 -> 1 -> ... -> 5 (terminal), one-hot observations, actions +-0.7 (no effect)."""
     eye = np.eye(OBS, dtype=np.float32)
     idx = np.repeat(np.arange(OBS), N // OBS)
@@ -167,19 +174,21 @@ def chain_run():
         costs=(H[idx] > 0).astype(np.float32),  # unused by the learner; present so shapes match the others
     )
     data = DeviceDataset.from_arrays(arrays)
-    state = create_train_state(TINY, OBS, ACT, jax.random.key(1))
+    state = create_train_state(config, OBS, ACT, jax.random.key(1))
     for i in range(15):
         state, info = train_steps(state, data, jax.random.key(100 + i), STEPS)
     return state, info, eye
 
 
+@pytest.fixture(scope="module")
+def chain_run():
+    return _train_chain(TINY)
+
+
 @pytest.mark.slow  # compiles a train_steps scan (shared by the chain, serialisation and vmapped tests)
 def test_safety_critic_matches_hj_value_iteration(chain_run):
     state, info, eye = chain_run
-    exact = np.zeros(len(H))
-    exact[-1] = H[-1]  # terminal: y_h = h
-    for i in range(len(H) - 2, -1, -1):
-        exact[i] = (1 - GAMMA) * H[i] + GAMMA * max(H[i], exact[i + 1])
+    exact = _hj_chain_values()
     obs = jnp.asarray(eye)
     v = np.asarray(safety_value(state.agent, obs))
     q = np.asarray(safety_q_value(state.agent, obs, jnp.full((len(H), 1), 0.7)))
@@ -187,6 +196,35 @@ def test_safety_critic_matches_hj_value_iteration(chain_run):
     assert np.max(np.abs(q - exact)) < 0.02
     assert exact[0] > 0 > H[0]  # state 0 is safe now but the max-backup sees the failure two steps ahead
     assert np.all(np.isfinite([float(x) for x in info.values()]))
+
+
+@pytest.mark.slow  # a second train_steps compile
+def test_layer_norm_critics_match_hj_value_iteration():
+    """``critic_layer_norm=True`` (LayerNorm after each hidden activation of the Q and V nets) still
+    recovers the exact HJ values, and the NumPy export reproduces the JAX critics."""
+    import gymnasium as gym
+
+    from safefql.training.checkpoint import space_to_dict
+    from safefql.training.policy import SafeFQLPolicy
+
+    state, info, eye = _train_chain(TINY.replace(critic_layer_norm=True))
+    assert state.agent.safety_q.norms and not state.agent.actor.norms
+    exact = _hj_chain_values()
+    obs = jnp.asarray(eye)
+    action = jnp.full((len(H), 1), 0.7)
+    q = np.asarray(safety_q_value(state.agent, obs, action))
+    assert np.max(np.abs(np.asarray(safety_value(state.agent, obs)) - exact)) < 0.02
+    assert np.max(np.abs(q - exact)) < 0.02
+    # the trained norms moved away from their (1, 0) init, and NumPy applies them
+    assert float(jnp.abs(state.agent.safety_q.norms[0].bias).max()) > 1e-3
+    space = gym.spaces.Box(-1.0, 1.0, (OBS,), np.float32)
+    header = {
+        "config": state.config.to_dict(),
+        "observation_space": space_to_dict(space),
+        "action_space": space_to_dict(gym.spaces.Box(-1.0, 1.0, (ACT,), np.float32)),
+    }
+    npol = SafeFQLPolicy.from_agent(state.agent, header).numpy()
+    np.testing.assert_allclose(npol.safety_q(eye, np.asarray(action)), q, rtol=1e-5, atol=1e-5)
 
 
 def test_reward_critic_matches_discounted_return(chain_run):

@@ -27,6 +27,7 @@ class SafeFQLConfig:
     actor_hidden: tuple[int, ...] = (512, 512, 512, 512)  # hidden widths of the one-step actor mu(s, z)
     flow_hidden: tuple[int, ...] = (512, 512, 512, 512)  # hidden widths of the flow teacher v(s, x_t, t)
     activation: str = "gelu"  # nonlinearity of every network (a key of networks.ACTIVATIONS)
+    critic_layer_norm: bool = False  # LayerNorm after each hidden activation of the Q and V nets (as FQL)
     critic_lr: float = 3e-4  # Adam learning rate of the four critics (Q_r, V_r, Q_h, V_h)
     actor_lr: float = 3e-4  # Adam learning rate of the one-step actor
     flow_lr: float = 3e-4  # Adam learning rate of the flow teacher
@@ -96,7 +97,7 @@ class SafeFQLConfig:
         _check_float("cost_penalty", self.cost_penalty, lo=0.0)
         _check_float("candidate_tolerance", self.candidate_tolerance, lo=0.0)
         _check_float("actor_backup", self.actor_backup, lo=0.0, hi=1.0)
-        for name in ("distill_feasible_only", "normalize_observations"):
+        for name in ("distill_feasible_only", "normalize_observations", "critic_layer_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.distill_feasible_only and self.alpha == 0:

@@ -27,9 +27,12 @@ class MLP(eqx.Module):
 
     ``out_size=1`` with ``squeeze=True`` returns a scalar, which is what critics want.
     The activation is stored by name so that checkpoints and NumPy exports can rebuild it.
+    ``layer_norm=True`` adds a LayerNorm after each hidden activation (``linear -> act -> norm``, as FQL's
+    value networks): ``norms[i]`` follows ``layers[i]``.
     """
 
     layers: tuple[eqx.nn.Linear, ...]
+    norms: tuple[eqx.nn.LayerNorm, ...]
     activation: str = eqx.field(static=True)
     squeeze: bool = eqx.field(static=True)
 
@@ -42,6 +45,7 @@ class MLP(eqx.Module):
         key: PRNGKeyArray,
         activation: str = "relu",
         squeeze: bool = False,
+        layer_norm: bool = False,
     ):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
@@ -53,13 +57,16 @@ class MLP(eqx.Module):
             eqx.nn.Linear(n_in, n_out, key=k)
             for n_in, n_out, k in zip(sizes[:-1], sizes[1:], keys, strict=True)
         )
+        self.norms = tuple(eqx.nn.LayerNorm(n) for n in hidden) if layer_norm else ()
         self.activation = activation
         self.squeeze = squeeze
 
     def __call__(self, x: Float[Array, " in_size"]) -> Float[Array, "..."]:
         act = ACTIVATIONS[self.activation]
-        for layer in self.layers[:-1]:
+        for i, layer in enumerate(self.layers[:-1]):
             x = act(layer(x))
+            if self.norms:
+                x = self.norms[i](x)
         x = self.layers[-1](x)
         return x[0] if self.squeeze else x
 

@@ -230,17 +230,22 @@ class SafeFQLPolicy(_PolicyInfo):
 
 
 # ------------------------------------------------------------------------------------------------ NumPy
-def _mlp_weights(mlp: Any) -> tuple[list[tuple[np.ndarray, np.ndarray]], str, bool]:
-    """[(W^T (..., in, out), b (..., out))] per layer as contiguous float32, plus activation and squeeze."""
+def _mlp_weights(mlp: Any) -> tuple[list[tuple[np.ndarray, np.ndarray]], str, bool, list[tuple]]:
+    """[(W^T (..., in, out), b (..., out))] per layer as contiguous float32, the activation, squeeze, and
+    the hidden LayerNorms [(scale (..., out), offset (..., out), eps)] (empty without ``layer_norm``)."""
     layers = []
     for layer in mlp.layers:
         w = np.asarray(layer.weight, dtype=np.float32)
         b = np.asarray(layer.bias, dtype=np.float32)
         layers.append((np.ascontiguousarray(np.swapaxes(w, -1, -2)), np.ascontiguousarray(b)))
-    return layers, mlp.activation, mlp.squeeze
+    norms = [
+        (np.asarray(n.weight, dtype=np.float32), np.asarray(n.bias, dtype=np.float32), np.float32(n.eps))
+        for n in mlp.norms
+    ]
+    return layers, mlp.activation, mlp.squeeze, norms
 
 
-def export_weights(agent: Any) -> dict[str, tuple[list[tuple[np.ndarray, np.ndarray]], str, bool]]:
+def export_weights(agent: Any) -> dict[str, tuple[list[tuple[np.ndarray, np.ndarray]], str, bool, list]]:
     """NumPy copies of the networks a policy needs (actor, safety_v, safety_q, reward_q)."""
     return {
         name: _mlp_weights(getattr(agent, name)) for name in ("actor", "safety_v", "safety_q", "reward_q")
@@ -361,10 +366,26 @@ def _fuse_first_layer(layers: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple
     return [(np.ascontiguousarray(w.transpose(1, 0, 2).reshape(n_in, m * n_out)), b), *layers[1:]]
 
 
-def _forward(layers: list[tuple[np.ndarray, np.ndarray]], act, x: np.ndarray) -> np.ndarray:
-    """Batched MLP: ``x`` (N, in) with weights (in, out) or ensemble weights (M, in, out)."""
-    for w, b in layers[:-1]:
+def _layer_norm(x: np.ndarray, scale: np.ndarray, offset: np.ndarray, eps: np.float32) -> np.ndarray:
+    """LayerNorm over the last axis of ``x`` (N, out) or (M, N, out); ensemble parameters are (M, out)."""
+    if scale.ndim == 2:
+        scale, offset = scale[:, None, :], offset[:, None, :]
+    x = x - x.mean(axis=-1, keepdims=True)
+    x *= 1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    x *= scale
+    x += offset
+    return x
+
+
+def _forward(
+    layers: list[tuple[np.ndarray, np.ndarray]], act, x: np.ndarray, norms: list[tuple] = ()
+) -> np.ndarray:
+    """Batched MLP: ``x`` (N, in) with weights (in, out) or ensemble weights (M, in, out); ``norms``: a
+    LayerNorm after each hidden activation (then ``act`` must be the exact activation, no folded scale)."""
+    for i, (w, b) in enumerate(layers[:-1]):
         x = act(_linear(x, w, b))
+        if norms:
+            x = _layer_norm(x, *norms[i])
     w, b = layers[-1]
     return _linear(x, w, b)
 
@@ -381,10 +402,16 @@ class NumpyPolicy(_PolicyInfo):
         self._init_info(header)
         self._obs_dim = int(np.prod(self._obs_shape))
         self._w = weights
-        self._acts, folded = {}, {}
-        for name, (layers, act_name, _) in weights.items():
+        self._acts, folded, self._norms = {}, {}, {}
+        for name, (layers, act_name, _, norms) in weights.items():
             self._acts[name], scale = _act_np(act_name)
-            folded[name] = _fold_scale(layers, scale)
+            self._norms[name] = norms
+            if norms and scale != _ONE:  # a LayerNorm follows the activation: apply its scale in place
+                f = self._acts[name]
+                self._acts[name] = lambda x, f=f, scale=scale: np.multiply(f(x), scale, out=x)
+            else:
+                layers = _fold_scale(layers, scale)
+            folded[name] = layers
         self._layers = {name: _fuse_first_layer(layers) for name, layers in folded.items()}
         w1, b1 = folded["actor"][0]
         if w1.shape[0] != self._obs_dim + self._act_dim:
@@ -401,7 +428,7 @@ class NumpyPolicy(_PolicyInfo):
         q_layers = self._layers["safety_q"]
         self._safety_q_one = (
             _SingleEnsemble(q_layers, self._acts["safety_q"], self._obs_dim)
-            if _SingleEnsemble.fits(q_layers)
+            if _SingleEnsemble.fits(q_layers) and not self._norms["safety_q"]
             else None
         )
 
@@ -432,7 +459,7 @@ class NumpyPolicy(_PolicyInfo):
     def safety_value(self, obs: Any) -> np.ndarray:
         """``V_h(s)`` (``<= 0``: predicted to stay safe)."""
         o, single = _validate(obs, self._obs_shape, "obs")
-        v = _forward(self._layers["safety_v"], self._acts["safety_v"], o)[..., 0]
+        v = _forward(self._layers["safety_v"], self._acts["safety_v"], o, self._norms["safety_v"])[..., 0]
         return v[0] if single else v
 
     def _q(self, name: str, obs: Any, action: Any) -> tuple[np.ndarray, bool]:
@@ -443,7 +470,7 @@ class NumpyPolicy(_PolicyInfo):
                 f"obs and action batch shapes disagree: obs {np.shape(obs)}, action {np.shape(action)}"
             )
         x = np.concatenate([o, a], axis=-1)
-        q = _forward(self._layers[name], self._acts[name], x)[..., 0]  # (M, N)
+        q = _forward(self._layers[name], self._acts[name], x, self._norms[name])[..., 0]  # (M, N)
         return q, single_o
 
     def safety_q(self, obs: Any, action: Any) -> np.ndarray:

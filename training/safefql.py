@@ -474,18 +474,25 @@ _TRAINED = ("reward_q", "reward_v", "safety_q", "safety_v", "flow", "actor")
 def _build_agent(config: SafeFQLConfig, obs_dim: int, act_dim: int, key: PRNGKeyArray) -> SafeFQLAgent:
     keys = jax.random.split(key, 6)
     act = config.activation
+    ln = config.critic_layer_norm
     q_kw = dict(
-        in_size=obs_dim + act_dim, out_size=1, hidden=config.critic_hidden, activation=act, squeeze=True
+        in_size=obs_dim + act_dim,
+        out_size=1,
+        hidden=config.critic_hidden,
+        activation=act,
+        squeeze=True,
+        layer_norm=ln,
     )
+    v_kw = dict(activation=act, squeeze=True, layer_norm=ln)
     reward_q = make_ensemble(keys[0], config.num_reward_q, **q_kw)
     safety_q = make_ensemble(keys[1], config.num_safety_q, **q_kw)
     return SafeFQLAgent(
         reward_q=reward_q,
         reward_q_target=reward_q,
-        reward_v=MLP(obs_dim, 1, config.value_hidden, key=keys[2], activation=act, squeeze=True),
+        reward_v=MLP(obs_dim, 1, config.value_hidden, key=keys[2], **v_kw),
         safety_q=safety_q,
         safety_q_target=safety_q,
-        safety_v=MLP(obs_dim, 1, config.value_hidden, key=keys[3], activation=act, squeeze=True),
+        safety_v=MLP(obs_dim, 1, config.value_hidden, key=keys[3], **v_kw),
         flow=MLP(obs_dim + act_dim + 1, act_dim, config.flow_hidden, key=keys[4], activation=act),
         actor=MLP(obs_dim + act_dim, act_dim, config.actor_hidden, key=keys[5], activation=act),
     )
@@ -495,6 +502,12 @@ def _linear_leaves(agent: SafeFQLAgent) -> list:
     return [
         x for name in _TRAINED for layer in getattr(agent, name).layers for x in (layer.weight, layer.bias)
     ]
+
+
+def _norm_leaves(agent: SafeFQLAgent) -> list:
+    """The LayerNorm (weight, bias) leaves of the critics (``critic_layer_norm``; others have none)."""
+    critics = ("reward_q", "reward_v", "safety_q", "safety_v")
+    return [x for name in critics for norm in getattr(agent, name).norms for x in (norm.weight, norm.bias)]
 
 
 @eqx.filter_jit
@@ -511,6 +524,10 @@ def _init_state(config: SafeFQLConfig, obs_dim: int, act_dim: int, key: PRNGKeyA
         values.append(u[offset : offset + size].reshape(struct.shape) / math.sqrt(fan_in))
         offset += size
     agent = eqx.tree_at(_linear_leaves, shapes, values)
+    if config.critic_layer_norm:  # LayerNorm scales 1, offsets 0 (pairs: weight, bias)
+        norms = _norm_leaves(shapes)
+        init = [jnp.full(x.shape, 1.0 - i % 2, x.dtype) for i, x in enumerate(norms)]
+        agent = eqx.tree_at(_norm_leaves, agent, init)
     agent = eqx.tree_at(
         lambda g: (g.reward_q_target, g.safety_q_target), agent, (agent.reward_q, agent.safety_q)
     )
