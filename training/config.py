@@ -252,6 +252,9 @@ _SAFETY_GYM = SafeFQLConfig(
 #   CarGoal1: 0.690 / 1.078 at 30k, 0.699 / 1.142 at 15k (BC-safe 0.610 / 1.429 over 50 episodes); w_safe
 #   20 gave 0.658 / 1.199, margin 0.2 0.681 / 1.247 (50 episodes). 60k updates do not help: PointGoal1
 #   0.397 / 1.334 (one seed at 2.10), CarGoal1 0.676 / 1.066.
+# - critic_layer_norm stays False: LayerNorm critics generalise (CarGoal1 shield 79.6% at 15k) but the policy
+#   loses (CarGoal1 0.700 / 1.321, PointGoal1 0.196 / 0.684 at 15k). 450 episodes instead of 150 meet both
+#   CarGoal1 targets with this config (0.630 / 0.630, BC-safe 0.570 / 0.549; README [mix450]).
 # - alpha=1: alpha 2-3 lowers reward more than cost (PointGoal1, "recovering": 0.366 / 1.312).
 # - normalize_observations: the raw features differ in scale by about 100x (accelerometer std 8, lidar
 #   0.05-0.3); standardised, the critic ranks states better (Spearman with the MC HJ value 0.53 -> 0.60).
