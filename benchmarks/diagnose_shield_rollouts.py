@@ -33,7 +33,6 @@ import json
 import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +175,6 @@ def print_table(tag: str, per_seed: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import bench_safety_gym as bench
-    import gymnasium as gym
 
     from safefql._io import atomic_write_text
     from safefql.datasets.load import load_transitions
@@ -202,9 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = load_transitions(args.dataset) if args.dataset else None
 
     def make() -> Any:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return gym.make(env_id, margin="hazard_distance")
+        return bench._make_env(env_id, margin="hazard_distance")
 
     bare = make()
     agent = make_safety_gym_policy("goal_lidar", bare)

@@ -910,3 +910,13 @@ def test_shield_rollout_inside_signature_reads_the_steps_inside_a_hazard():
     assert sig["q"] == pytest.approx((0.3 - 0.5) / 2) and sig["q_above_zero"] == 0.5
     assert sig["depth"] == pytest.approx(0.075) and sig["speed"] == pytest.approx((5.0 + 1.0) / 2)
     assert diag.inside_signature(Critic(), obs, action, -np.abs(h), slice(1, 3))["steps"] == 0
+
+
+def test_shield_rollout_diagnosis_names_a_missing_checkpoint(tmp_path, capsys):
+    diag = _load("diagnose_shield_rollouts")
+    (tmp_path / "policy_seed0.eqx").write_bytes(b"")
+    argv = ["--env", "car", "--run-dir", str(tmp_path), "--seeds", "2", "--delta", "0.1", "--tag", "t"]
+    with pytest.raises(SystemExit):
+        diag.main([*argv, "--out", str(tmp_path / "out.json")])
+    assert "holds no policy_seed1.eqx" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()

@@ -902,6 +902,8 @@ def test_config_roundtrip_and_errors():
         cfg.replace(distill_feasible_only="yes")
     with pytest.raises(ValueError, match="normalize_observations must be a bool"):
         cfg.replace(normalize_observations=1)
+    with pytest.raises(ValueError, match="critic_layer_norm must be a bool"):
+        cfg.replace(critic_layer_norm="true")
     with pytest.raises(ValueError, match="distill_feasible_only=True needs alpha > 0"):
         cfg.replace(distill_feasible_only=True, alpha=0.0)
     with pytest.raises(ValueError, match="grad_clip must be a finite number"):

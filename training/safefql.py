@@ -506,8 +506,7 @@ def _linear_leaves(agent: SafeFQLAgent) -> list:
 
 def _norm_leaves(agent: SafeFQLAgent) -> list:
     """The LayerNorm (weight, bias) leaves of the critics (``critic_layer_norm``; others have none)."""
-    critics = ("reward_q", "reward_v", "safety_q", "safety_v")
-    return [x for name in critics for norm in getattr(agent, name).norms for x in (norm.weight, norm.bias)]
+    return [x for net in _CRITICS(agent) for norm in net.norms for x in (norm.weight, norm.bias)]
 
 
 @eqx.filter_jit
