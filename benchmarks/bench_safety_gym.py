@@ -46,6 +46,12 @@ that critics trained with ``--set action_repeat=K`` see K-step held-action trans
 Goal1 tasks, where the hazards are the only constrained objects; dataset id suffix ``-hd``) instead of the
 binary-cost surrogate, so that the safety critic sees how near a hazard each state is.
 
+``--extend``: add baselines to a stored entry instead of running SafeFQL again. ``--methods`` then lists
+baselines only; the entry (``"<env id> [<tag>]"`` in ``--out``) must have been made with the same data
+settings, split and evaluation protocol, and the dataset must hold the same episodes (``same_dataset``).
+The new training and evaluation rows join the entry, its policy targets are recomputed, and the command is
+appended to the entry's ``extensions`` (the shield and the scripted references are not rerun).
+
 Prints rich tables and writes ``benchmarks/results/safety_gym.json`` (atomic; results of each env are merged
 into an existing file, so tasks can be run one at a time) with every number, the sizes, the command and the
 machine (including its load average: the numbers depend on what else runs)::
@@ -708,6 +714,71 @@ def stage_baseline(
     return report, policies
 
 
+def policy_targets(evals: dict[str, Any]) -> dict[str, Any]:
+    """SafeFQL's policy-mode targets from the evaluation rows: c_norm <= 1, r_norm >= BC-safe's."""
+    sf = evals.get("safefql", {}).get("aggregate")
+    bs = evals.get("bc_safe", {}).get("aggregate")
+    targets: dict[str, Any] = {}
+    if sf is not None:
+        targets["safefql_c_norm_le_1"] = {"value": sf["c_norm"], "met": bool(sf["c_norm"] <= 1.0)}
+        if bs is not None:
+            targets["safefql_r_norm_ge_bc_safe"] = {
+                "value": sf["r_norm"],
+                "bc_safe": bs["r_norm"],
+                "gap": sf["r_norm"] - bs["r_norm"],
+                "met": bool(sf["r_norm"] >= bs["r_norm"]),
+            }
+    return targets
+
+
+# settings an --extend run must share with the entry it extends: the data, the split and the evaluation
+EXTEND_SETTINGS = (
+    "episodes",
+    "data_seed",
+    "mixture",
+    "margin",
+    "kappa",
+    "switch_every",
+    "action_hold",
+    "quick",
+    "seed",
+    "seeds",
+    "calib_fraction",
+    "eval_episodes",
+    "eval_max_steps",
+    "cost_limit",
+)
+
+
+def extension_mismatches(entry: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """The ``EXTEND_SETTINGS`` on which an --extend run differs from the stored entry (empty: compatible)."""
+    stored = entry.get("settings") or {}
+    return [
+        f"{k}: stored {stored.get(k)!r}, now {settings.get(k)!r}"
+        for k in EXTEND_SETTINGS
+        if stored.get(k) != settings.get(k)
+    ]
+
+
+def merge_extension(entry: dict[str, Any], new: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` with the baselines of an --extend run ``new`` added (a copy; ``entry`` is not changed).
+
+    Training and evaluation rows of the new methods join (a method already there is replaced), the policy
+    targets are recomputed from the merged rows, the shield's stay; ``record`` (command, machine, time,
+    timings of the extension) is appended to ``extensions``.
+    """
+    merged = json.loads(json.dumps(_clean(entry)))
+    merged["training"] = {**merged.get("training", {}), **new["training"]}
+    merged["evaluation"]["methods"] = {**merged["evaluation"]["methods"], **new["evaluation"]["methods"]}
+    shield_targets = {k: v for k, v in merged.get("targets", {}).items() if k.startswith("shield")}
+    merged["targets"] = policy_targets(merged["evaluation"]["methods"]) | shield_targets
+    merged.setdefault("timings", {}).update(
+        {k: v for k, v in new.get("timings", {}).items() if k.startswith("train_")}
+    )
+    merged.setdefault("extensions", []).append({"methods": list(new["training"]), **record})
+    return merged
+
+
 # ------------------------------------------------------------------------------------------- env run
 def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
     from rich.table import Table
@@ -718,6 +789,7 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
     from safefql.training.calibration import calibrate
     from safefql.training.policy import SafeFQLPolicy
 
+    extend = getattr(args, "extend_entry", None)  # --extend: the stored entry the baselines join
     t_env = time.perf_counter()
     timings: dict[str, float] = {}
     out: dict[str, Any] = {"env_id": env_id, "load_avg_start": load_avg()}
@@ -770,24 +842,37 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
         "train_transitions": len(train_t),
         "calib_episodes": calib_t.num_episodes,
     }
+    if extend is not None:
+        if not same_dataset(extend.get("data") or {}, data):
+            raise ValueError(
+                f"--extend: dataset {data['dataset_id']} does not hold the episodes the stored entry was "
+                "trained on (transitions or episode return / cost statistics differ)"
+            )
+        if extend.get("split") != out["split"]:
+            raise ValueError(f"--extend: split {out['split']} differs from the stored {extend.get('split')}")
 
     # (b) training
     work = Path(args.work_dir) / (env_id if not args.tag else f"{env_id}-{args.tag}")
     policies: dict[str, list[Callable[[int], Callable[[np.ndarray], Any]]]] = {}
     training: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    tr, paths = stage_safefql(env_id, args, transitions, train_t, work / "safefql")
-    timings["train_safefql_s"] = time.perf_counter() - t0
-    training["safefql"] = tr
-    console.print(f"[dim]trained SafeFQL: {tr['wall_time_s']:.0f} s, {tr['updates_per_s']:.1f} upd/s[/dim]")
+    if extend is None:
+        t0 = time.perf_counter()
+        tr, paths = stage_safefql(env_id, args, transitions, train_t, work / "safefql")
+        timings["train_safefql_s"] = time.perf_counter() - t0
+        training["safefql"] = tr
+        speed = f"{tr['wall_time_s']:.0f} s, {tr['updates_per_s']:.1f} upd/s"
+        console.print(f"[dim]trained SafeFQL: {speed}[/dim]")
 
-    def safefql_factory(path: Path) -> Callable[[int], Callable[[np.ndarray], Any]]:
-        fast = SafeFQLPolicy.load(path).numpy()
-        return lambda _seed: fast.act
+        def safefql_factory(path: Path) -> Callable[[int], Callable[[np.ndarray], Any]]:
+            fast = SafeFQLPolicy.load(path).numpy()
+            return lambda _seed: fast.act
 
-    policies["safefql"] = [safefql_factory(p) for p in paths]
+        policies["safefql"] = [safefql_factory(p) for p in paths]
+        sf_config = tr["config"]
+    else:
+        sf_config = extend["training"]["safefql"]["config"]
     bcfgs = baseline_configs(args.quick)
-    standardise = bool(tr["config"]["normalize_observations"])  # the baselines see what SafeFQL sees
+    standardise = bool(sf_config["normalize_observations"])  # the baselines see what SafeFQL sees
     for name in args.methods:
         if name == "safefql":
             continue
@@ -905,6 +990,11 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
         f"c_norm = C / {args.cost_limit:g}"
     )
     console.print(et)
+    if extend is not None:  # baselines only: the entry's shield and references stay as they are
+        timings["total_s"] = time.perf_counter() - t_env
+        out["timings"] = timings
+        out["load_avg_end"] = load_avg()
+        return out
 
     # (d) shield around the goal_lidar agent
     t0 = time.perf_counter()
@@ -1014,18 +1104,7 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
     console.print(st)
 
     # targets
-    sf = evals.get("safefql", {}).get("aggregate")
-    bs = evals.get("bc_safe", {}).get("aggregate")
-    targets: dict[str, Any] = {}
-    if sf is not None:
-        targets["safefql_c_norm_le_1"] = {"value": sf["c_norm"], "met": bool(sf["c_norm"] <= 1.0)}
-        if bs is not None:
-            targets["safefql_r_norm_ge_bc_safe"] = {
-                "value": sf["r_norm"],
-                "bc_safe": bs["r_norm"],
-                "gap": sf["r_norm"] - bs["r_norm"],
-                "met": bool(sf["r_norm"] >= bs["r_norm"]),
-            }
+    targets = policy_targets(evals)
     targets["shield_cost_reduction_ge_0.8"] = shield_cost_target(shield, [v for v, _, _ in variants])
     out["targets"] = targets
     timings["total_s"] = time.perf_counter() - t_env
@@ -1136,6 +1215,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="the data's h: the binary-cost surrogate, or minus the distance to the hazards (Goal1)",
     )
     parser.add_argument("--tag", default="", help="store the results under '<env id> [<tag>]' (variants)")
+    parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="add the --methods baselines to the stored entry of the same data (SafeFQL is not rerun)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny everything: a smoke run")
     parser.add_argument(
         "--reuse-data", action="store_true", help="reuse an existing dataset with the same id"
@@ -1185,8 +1269,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.envs = [ENV_ALIASES.get(e.strip().lower(), e.strip()) for e in args.envs.split(",") if e.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in args.methods if m not in METHODS]
-    if bad or "safefql" not in args.methods:
-        parser.error(f"--methods must include safefql and come from {list(METHODS)}; bad: {bad}")
+    if bad:
+        parser.error(f"--methods must come from {list(METHODS)}; bad: {bad}")
+    if args.extend and (not args.methods or "safefql" in args.methods):
+        parser.error("--extend adds baselines to a stored entry: --methods must list baselines only")
+    if not args.extend and "safefql" not in args.methods:
+        parser.error(f"--methods must include safefql (--extend adds baselines alone); got {args.methods}")
     from safefql.shields.wrapper import FALLBACKS
     from safefql.training.config import parse_overrides
 
@@ -1264,7 +1352,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "description": __doc__.split("\n\n")[0],
         "envs": dict(existing.get("envs", {})) if existing.get("benchmark") == "safety_gym" else {},
     }
+    key_of = lambda env_id: env_id if not args.tag else f"{env_id} [{args.tag}]"  # noqa: E731
+    if args.extend:  # check every entry before any work
+        args.references = []
+        for env_id in args.envs:
+            entry = result["envs"].get(key_of(env_id))
+            if not entry or "error" in entry or "safefql" not in (entry.get("training") or {}):
+                parser.error(f"--extend: {args.out} holds no finished SafeFQL entry {key_of(env_id)!r}")
+            wrong = extension_mismatches(entry, settings)
+            if wrong:
+                parser.error(f"--extend: {key_of(env_id)!r} was made with other settings: {'; '.join(wrong)}")
     for env_id in args.envs:
+        key = key_of(env_id)
+        args.extend_entry = result["envs"][key] if args.extend else None
         t0 = time.perf_counter()
         try:
             env_out = run_env(env_id, args, console)
@@ -1275,15 +1375,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "error": f"{type(e).__name__}: {e}",
                 "traceback": traceback.format_exc(),
             }
-        env_out |= {
+        record = {
             "command": command,
             "settings": settings,
             "machine": machine_info(),
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "wall_time_s": time.perf_counter() - t0,
         }
-        key = env_id if not args.tag else f"{env_id} [{args.tag}]"
-        carry_collection(env_out, result["envs"])
+        if args.extend:
+            if "error" in env_out:  # the stored entry stays; the failure is recorded beside it
+                failed = record | {"methods": args.methods, "error": env_out["error"]}
+                env_out = dict(args.extend_entry)
+                env_out["extensions"] = [*env_out.get("extensions", []), failed]
+            else:
+                record |= {"timings": env_out.get("timings"), "load_avg_start": env_out.get("load_avg_start")}
+                env_out = merge_extension(args.extend_entry, env_out, record)
+        else:
+            env_out |= record
+            carry_collection(env_out, result["envs"])
         result["envs"][key] = env_out
         result["updated"] = env_out["timestamp"]
         atomic_write_text(args.out, json.dumps(_clean(result), indent=1) + "\n")

@@ -457,6 +457,13 @@ def render_safety_gym_entry(key: str, e: dict[str, Any]) -> list[str]:
     lines = [f"#### {key}", ""]
     if isinstance(e.get("command"), str):
         lines.append(f"Reproduce: `{e['command']}`  ")
+    for ext in e.get("extensions") or []:  # baselines added later on the same data (bench --extend)
+        if isinstance(ext, dict) and isinstance(ext.get("command"), str):
+            methods = ", ".join(str(m) for m in ext.get("methods") or [])
+            notes = [_cell(ext["timestamp"])] if ext.get("timestamp") else []
+            notes += [f"failed: {_cell(ext['error'])}"] if ext.get("error") else []
+            when = f" ({'; '.join(notes)})" if notes else ""
+            lines.append(f"Then {methods} added on the same data{when}: `{ext['command']}`  ")
     lines += [machine_line(e), ""]
     if e.get("error"):
         lines += [f"Failed: {_cell(e['error'])}", ""]

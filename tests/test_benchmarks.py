@@ -318,23 +318,87 @@ def test_bench_safety_gym_counts_hazard_entries_and_steps_per_stay():
     assert clean["cost_onsets"] == 0.0 and clean["cost_steps_per_onset"] == 0.0
 
 
-@pytest.mark.slow  # ~40 s: collect, train every method, evaluate and shield, all tiny
-def test_bench_safety_gym_quick_run_end_to_end(tmp_path, monkeypatch):
+@pytest.mark.slow  # ~45 s: collect, train every method, evaluate and shield, all tiny
+def test_bench_safety_gym_quick_run_end_to_end(tmp_path, monkeypatch, capsys):
+    # SafeFQL, BC-all and BC-safe in one run; FISOR-style then added to the same entry with --extend
     sg = _load("bench_safety_gym")
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     out = tmp_path / "sg.json"
     argv = ["--quick", "--envs", "car", "--seeds", "2", "--shield-seeds", "2", "--eval-episodes", "1"]
     argv += ["--shield-fallbacks", "safest", "--references", "", "--work-dir", str(tmp_path)]
-    sg.main([*argv, "--out", str(out), "--no-progress"])
+    argv += ["--out", str(out), "--no-progress"]
+    sg.main([*argv, "--methods", "safefql,bc,bc_safe"])
+    first = json.loads(out.read_text())["envs"]["SafetyCarGoal1Gymnasium-v0"]
+    sg.main([*argv, "--methods", "fisor", "--extend", "--reuse-data"])
     entry = json.loads(out.read_text())["envs"]["SafetyCarGoal1Gymnasium-v0"]
     methods = entry["evaluation"]["methods"]
     assert set(methods) == {"safefql", "bc", "bc_safe", "fisor"}
     for name in methods:
         seeds = methods[name]["per_seed"]
         assert len(seeds) == 2 and all(s["episodes"] == 1 and s["cost_onsets"] >= 0 for s in seeds)
+    for name in ("safefql", "bc", "bc_safe"):  # the stored rows are kept as they were
+        assert methods[name] == first["evaluation"]["methods"][name]
+    assert entry["shield"] == first["shield"] and entry["command"] == first["command"]
+    (ext,) = entry["extensions"]
+    assert ext["methods"] == ["fisor"] and "--extend" in ext["command"]
+    assert "train_fisor_s" in entry["timings"]
+    assert entry["training"]["fisor"]["steps"] == 200
     shield = entry["shield"]
     assert len(shield["checkpoints"]) == 2 and shield["safest_delta_0"]["seeds"] == 2
     assert 0.0 <= shield["safest_delta_0"]["intervention_rate"] <= 1.0
+    # an extension must share the entry's evaluation protocol
+    with pytest.raises(SystemExit):
+        sg.main([*argv, "--methods", "fisor", "--extend", "--reuse-data", "--eval-episodes", "2"])
+    assert "eval_episodes: stored 1, now 2" in capsys.readouterr().err
+
+
+def test_bench_safety_gym_extend_merges_baselines_and_recomputes_the_targets():
+    sg = _load("bench_safety_gym")
+
+    def row(r_norm, c_norm):
+        return {"aggregate": {"r_norm": r_norm, "c_norm": c_norm}}
+
+    entry = {
+        "settings": {"episodes": 450, "seeds": 3, "eval_episodes": 100},
+        "training": {"safefql": {"steps": 30000}, "bc_safe": {"steps": 30000}},
+        "evaluation": {"methods": {"safefql": row(0.6, 0.9), "bc_safe": row(0.5, 0.5)}},
+        "targets": {"safefql_c_norm_le_1": {"met": True}, "shield_cost_reduction_ge_0.8": {"met": True}},
+        "timings": {"train_safefql_s": 10.0},
+    }
+    new = {
+        "training": {"bc_safe": {"steps": 1}, "fisor": {"steps": 1}},
+        "evaluation": {"methods": {"bc_safe": row(0.7, 0.4), "fisor": row(0.1, 2.0)}},
+        "timings": {"train_bc_safe_s": 1.0, "train_fisor_s": 2.0, "eval_s": 3.0},
+    }
+    before = json.dumps(entry)
+    merged = sg.merge_extension(entry, new, {"command": "cmd"})
+    assert json.dumps(entry) == before  # a copy
+    assert list(merged["evaluation"]["methods"]) == ["safefql", "bc_safe", "fisor"]
+    assert merged["evaluation"]["methods"]["bc_safe"] == row(0.7, 0.4)  # replaced
+    gap = merged["targets"]["safefql_r_norm_ge_bc_safe"]
+    assert gap["bc_safe"] == 0.7 and not gap["met"] and gap["gap"] == pytest.approx(-0.1)
+    assert merged["targets"]["shield_cost_reduction_ge_0.8"] == {"met": True}
+    assert merged["timings"] == {"train_safefql_s": 10.0, "train_bc_safe_s": 1.0, "train_fisor_s": 2.0}
+    assert merged["extensions"] == [{"methods": ["bc_safe", "fisor"], "command": "cmd"}]
+    settings = dict.fromkeys(sg.EXTEND_SETTINGS) | entry["settings"]
+    assert sg.extension_mismatches({"settings": settings}, settings) == []
+    assert sg.extension_mismatches({"settings": settings}, settings | {"seeds": 1}) == [
+        "seeds: stored 3, now 1"
+    ]
+
+
+def test_bench_safety_gym_extend_needs_a_stored_entry_and_baselines_only(tmp_path, capsys):
+    sg = _load("bench_safety_gym")
+    out = tmp_path / "none.json"
+    with pytest.raises(SystemExit):
+        sg.main(["--quick", "--envs", "car", "--methods", "fisor", "--extend", "--out", str(out)])
+    assert "holds no finished SafeFQL entry 'SafetyCarGoal1Gymnasium-v0'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sg.main(["--quick", "--methods", "safefql,fisor", "--extend", "--out", str(out)])
+    assert "--methods must list baselines only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sg.main(["--quick", "--methods", "bc", "--out", str(out)])
+    assert "--methods must include safefql" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # ~60 s: three tiny SafeFQL-only runs
@@ -523,6 +587,21 @@ def test_make_readme_marks_baselines_trained_on_standardised_inputs():
     assert "| BC-all | 3 |" in text
     rows = mr.render_safety_gym({"envs": {"Env": {}, "Env [v]": entry}})
     assert any("BC-all 0.65 / 1.98; BC-safe (standardised inputs) 0.27 / 0.89" in r for r in rows)
+
+
+def test_make_readme_names_the_commands_that_extended_an_entry():
+    mr = _load("make_readme")
+    entry = {
+        "command": "bench --methods safefql,bc",
+        "extensions": [
+            {"command": "bench --methods fisor --extend", "methods": ["fisor"], "timestamp": "T1"},
+            {"command": "bench --methods bc_safe --extend", "methods": ["bc_safe"], "error": "boom"},
+        ],
+    }
+    text = "\n".join(mr.render_safety_gym_entry("Env", entry))
+    assert "Reproduce: `bench --methods safefql,bc`" in text
+    assert "Then fisor added on the same data (T1): `bench --methods fisor --extend`" in text
+    assert "bc_safe added on the same data (failed: boom): `bench --methods bc_safe --extend`" in text
 
 
 def test_make_readme_summarises_variants_and_writes_their_tables_to_docs(tmp_path):
