@@ -457,6 +457,17 @@ def render_safety_gym_entry(key: str, e: dict[str, Any]) -> list[str]:
     lines = [f"#### {key}", ""]
     if isinstance(e.get("command"), str):
         lines.append(f"Reproduce: `{e['command']}`  ")
+    promoted = e.get("promoted")
+    if isinstance(promoted, dict):  # a variant made the main run (promote_safety_gym_run.py)
+        old = (
+            f" The previous main run is the variant `{_cell(promoted['previous_main'])}`."
+            if promoted.get("previous_main")
+            else ""
+        )
+        lines.append(
+            f"Run as `{_cell(promoted.get('from'))}` (the command's `--tag`), made the main run on "
+            f"{_cell(promoted.get('at'))}: {_cell(promoted.get('reason'))}.{old}  "
+        )
     for ext in e.get("extensions") or []:  # baselines added later on the same data (bench --extend)
         if isinstance(ext, dict) and isinstance(ext.get("command"), str):
             methods = ", ".join(str(m) for m in ext.get("methods") or [])

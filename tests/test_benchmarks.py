@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -999,3 +1000,51 @@ def test_shield_rollout_diagnosis_names_a_missing_checkpoint(tmp_path, capsys):
         diag.main([*argv, "--out", str(tmp_path / "out.json")])
     assert "holds no policy_seed1.eqx" in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_promote_safety_gym_run_swaps_the_main_run_and_a_variant(tmp_path, capsys):
+    pr = _load("promote_safety_gym_run")
+    env = "SafetyCarGoal1Gymnasium-v0"
+    results = {
+        "benchmark": "safety_gym",
+        "envs": {env: {"command": "old"}, f"{env} [mix450]": {"command": "new --tag mix450"}, "Other": {}},
+    }
+    out = pr.promote(results, env, "mix450", "mix150", "more data. ", "2026-12-08")
+    assert set(out["envs"]) == {env, f"{env} [mix150]", "Other"}
+    assert out["envs"][f"{env} [mix150]"] == {"command": "old"}
+    assert out["envs"][env]["command"] == "new --tag mix450"
+    assert out["envs"][env]["promoted"] == {
+        "from": f"{env} [mix450]",
+        "at": "2026-12-08",
+        "reason": "more data",
+        "previous_main": f"{env} [mix150]",
+    }
+    assert f"{env} [mix450]" in results["envs"]  # the input is not changed
+    for args, message in [
+        (("nope", "mix150", "r"), "no run 'SafetyCarGoal1Gymnasium-v0 [nope]' to promote"),
+        (("mix450", "mix450", "r"), "--old-main-tag must name a new tag"),
+        (("mix450", "mix150", " "), "--reason must say why"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            pr.promote(results, env, *args, "d")
+    failed = {"envs": {f"{env} [x]": {"error": "boom"}}}
+    with pytest.raises(ValueError, match="failed run"):
+        pr.promote(failed, env, "x", "y", "r", "d")
+    taken = {"envs": {env: {}, f"{env} [a]": {}, f"{env} [b]": {}}}
+    with pytest.raises(ValueError, match="exists already"):
+        pr.promote(taken, env, "a", "b", "r", "d")
+
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps(results))
+    pr.main(
+        [env, "--tag", "mix450", "--old-main-tag", "mix150", "--reason", "more data", "--results", str(path)]
+    )
+    stored = json.loads(path.read_text())
+    assert stored["envs"][env]["promoted"]["reason"] == "more data"
+    mr = _load("make_readme")
+    text = "\n".join(mr.render_safety_gym_entry(env, stored["envs"][env]))
+    assert f"Run as `{env} [mix450]` (the command's `--tag`), made the main run on " in text
+    assert f"more data. The previous main run is the variant `{env} [mix150]`." in text
+    with pytest.raises(SystemExit):  # the variant is gone now
+        pr.main([env, "--tag", "mix450", "--old-main-tag", "x", "--reason", "r", "--results", str(path)])
+    assert "no run" in capsys.readouterr().err

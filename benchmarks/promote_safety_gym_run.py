@@ -1,0 +1,81 @@
+"""Make a tagged Safety-Gymnasium run (a variant) the task's main run; the old main run becomes a variant.
+
+``bench_safety_gym.py`` stores a task's main run under ``"<env id>"`` and variants under
+``"<env id> [<tag>]"``. When a variant turns out to be the better benchmark (say, a larger dataset), this
+moves it to the main key without running anything again: the entry keeps every number and the command that
+made it (with its ``--tag``), and gains a ``promoted`` record (from which key, when, why, where the old main
+run went) that the README names. ::
+
+    uv run python benchmarks/promote_safety_gym_run.py SafetyCarGoal1Gymnasium-v0 --tag mix450 \\
+        --old-main-tag mix150 --reason "150 episodes were too few: the policy target was missed"
+    uv run python benchmarks/make_readme.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "safety_gym.json"
+
+
+def promote(
+    results: dict[str, Any], env_id: str, tag: str, old_main_tag: str, reason: str, when: str
+) -> dict:
+    """``results`` with ``"<env_id> [<tag>]"`` moved to ``env_id``, the old main to ``[<old_main_tag>]``."""
+    envs = dict(results.get("envs") or {})
+    variant, demoted = f"{env_id} [{tag}]", f"{env_id} [{old_main_tag}]"
+    if variant not in envs:
+        raise ValueError(
+            f"no run {variant!r} to promote (runs of the task: {sorted(k for k in envs if env_id in k)})"
+        )
+    if envs[variant].get("error"):
+        raise ValueError(f"{variant!r} is a failed run ({envs[variant]['error']}); promote a finished one")
+    if not old_main_tag or old_main_tag == tag:
+        raise ValueError("--old-main-tag must name a new tag for the old main run")
+    if demoted in envs:
+        raise ValueError(f"{demoted!r} exists already; pick another --old-main-tag")
+    if not reason.strip():
+        raise ValueError("--reason must say why the variant becomes the main run")
+    if env_id in envs:
+        envs[demoted] = envs.pop(env_id)
+    envs[env_id] = dict(envs.pop(variant)) | {
+        "promoted": {
+            "from": variant,
+            "at": when,
+            "reason": reason.strip().rstrip("."),
+            "previous_main": demoted if demoted in envs else None,
+        }
+    }
+    return dict(results) | {"envs": envs, "updated": when}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("env_id", help="the task, e.g. SafetyCarGoal1Gymnasium-v0")
+    parser.add_argument("--tag", required=True, help="the variant that becomes the main run")
+    parser.add_argument("--old-main-tag", required=True, help="the tag the old main run is stored under")
+    parser.add_argument("--reason", required=True, help="why (shown in the README)")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
+    args = parser.parse_args(argv)
+    from safefql._io import atomic_write_text
+
+    if not args.results.is_file():
+        parser.error(f"no results file {args.results}")
+    results = json.loads(args.results.read_text())
+    try:
+        new = promote(
+            results, args.env_id, args.tag, args.old_main_tag, args.reason, time.strftime("%Y-%m-%d")
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    atomic_write_text(args.results, json.dumps(new, indent=1) + "\n")
+    print(f"{args.env_id} [{args.tag}] is now the main run of {args.env_id} in {args.results}")
+    return args.results
+
+
+if __name__ == "__main__":
+    main()
