@@ -465,7 +465,7 @@ def render_safety_gym_entry(key: str, e: dict[str, Any]) -> list[str]:
             else ""
         )
         lines.append(
-            f"Run as `{_cell(promoted.get('from'))}` (the command's `--tag`), made the main run on "
+            f"Stored as `{_cell(promoted.get('from'))}` by that command, made the main run on "
             f"{_cell(promoted.get('at'))}: {_cell(promoted.get('reason'))}.{old}  "
         )
     for ext in e.get("extensions") or []:  # baselines added later on the same data (bench --extend)

@@ -1043,8 +1043,20 @@ def test_promote_safety_gym_run_swaps_the_main_run_and_a_variant(tmp_path, capsy
     assert stored["envs"][env]["promoted"]["reason"] == "more data"
     mr = _load("make_readme")
     text = "\n".join(mr.render_safety_gym_entry(env, stored["envs"][env]))
-    assert f"Run as `{env} [mix450]` (the command's `--tag`), made the main run on " in text
+    assert f"Stored as `{env} [mix450]` by that command, made the main run on " in text
     assert f"more data. The previous main run is the variant `{env} [mix150]`." in text
     with pytest.raises(SystemExit):  # the variant is gone now
         pr.main([env, "--tag", "mix450", "--old-main-tag", "x", "--reason", "r", "--results", str(path)])
     assert "no run" in capsys.readouterr().err
+
+    # from another results file: its main run of the task replaces the main run here
+    side = tmp_path / "side.json"
+    side.write_text(json.dumps({"envs": {env: {"command": "bench --episodes 450 --out side.json"}}}))
+    pr.main([env, "--old-main-tag", "v2", "--reason", "r", "--results", str(path), "--source", str(side)])
+    stored = json.loads(path.read_text())["envs"]
+    assert stored[env]["command"] == "bench --episodes 450 --out side.json"
+    assert stored[env]["promoted"]["from"] == f"{env} in {side}"
+    assert stored[f"{env} [v2]"]["command"] == "new --tag mix450" and f"{env} [mix150]" in stored
+    with pytest.raises(SystemExit):
+        pr.main([env, "--old-main-tag", "v3", "--reason", "r", "--results", str(path)])
+    assert "--tag must name the variant to promote" in capsys.readouterr().err
