@@ -49,8 +49,8 @@ binary-cost surrogate, so that the safety critic sees how near a hazard each sta
 ``--extend``: add baselines to a stored entry instead of running SafeFQL again. ``--methods`` then lists
 baselines only; the entry (``"<env id> [<tag>]"`` in ``--out``) must have been made with the same data
 settings, split and evaluation protocol, and the dataset must hold the same episodes (``same_dataset``).
-The new training and evaluation rows join the entry, its policy targets are recomputed, and the command is
-appended to the entry's ``extensions`` (the shield and the scripted references are not rerun).
+The new training and evaluation rows (and the ``--references`` rows) join the entry, its policy targets are
+recomputed, and the command is appended to the entry's ``extensions`` (the shield is not rerun).
 
 Prints rich tables and writes ``benchmarks/results/safety_gym.json`` (atomic; results of each env are merged
 into an existing file, so tasks can be run one at a time) with every number, the sizes, the command and the
@@ -770,12 +770,15 @@ def merge_extension(entry: dict[str, Any], new: dict[str, Any], record: dict[str
     merged = json.loads(json.dumps(_clean(entry)))
     merged["training"] = {**merged.get("training", {}), **new["training"]}
     merged["evaluation"]["methods"] = {**merged["evaluation"]["methods"], **new["evaluation"]["methods"]}
+    new_refs = new["evaluation"].get("references") or {}
+    merged["evaluation"]["references"] = {**merged["evaluation"].get("references", {}), **new_refs}
     shield_targets = {k: v for k, v in merged.get("targets", {}).items() if k.startswith("shield")}
     merged["targets"] = policy_targets(merged["evaluation"]["methods"]) | shield_targets
     merged.setdefault("timings", {}).update(
         {k: v for k, v in new.get("timings", {}).items() if k.startswith("train_")}
     )
-    merged.setdefault("extensions", []).append({"methods": list(new["training"]), **record})
+    added = list(new["training"]) + [f"scripted {n}" for n in new_refs]
+    merged.setdefault("extensions", []).append({"methods": added, **record})
     return merged
 
 
@@ -990,7 +993,7 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
         f"c_norm = C / {args.cost_limit:g}"
     )
     console.print(et)
-    if extend is not None:  # baselines only: the entry's shield and references stay as they are
+    if extend is not None:  # baselines and references only: the entry's shield stays as it is
         timings["total_s"] = time.perf_counter() - t_env
         out["timings"] = timings
         out["load_avg_end"] = load_avg()
@@ -1271,7 +1274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bad = [m for m in args.methods if m not in METHODS]
     if bad:
         parser.error(f"--methods must come from {list(METHODS)}; bad: {bad}")
-    if args.extend and (not args.methods or "safefql" in args.methods):
+    if args.extend and "safefql" in args.methods:
         parser.error("--extend adds baselines to a stored entry: --methods must list baselines only")
     if not args.extend and "safefql" not in args.methods:
         parser.error(f"--methods must include safefql (--extend adds baselines alone); got {args.methods}")
@@ -1354,7 +1357,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     key_of = lambda env_id: env_id if not args.tag else f"{env_id} [{args.tag}]"  # noqa: E731
     if args.extend:  # check every entry before any work
-        args.references = []
+        if not args.methods and not args.references:
+            parser.error("--extend: nothing to add (no --methods, no --references)")
         for env_id in args.envs:
             entry = result["envs"].get(key_of(env_id))
             if not entry or "error" in entry or "safefql" not in (entry.get("training") or {}):

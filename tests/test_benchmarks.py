@@ -368,7 +368,10 @@ def test_bench_safety_gym_extend_merges_baselines_and_recomputes_the_targets():
     }
     new = {
         "training": {"bc_safe": {"steps": 1}, "fisor": {"steps": 1}},
-        "evaluation": {"methods": {"bc_safe": row(0.7, 0.4), "fisor": row(0.1, 2.0)}},
+        "evaluation": {
+            "methods": {"bc_safe": row(0.7, 0.4), "fisor": row(0.1, 2.0)},
+            "references": {"random": {"r_norm": 0.0}},
+        },
         "timings": {"train_bc_safe_s": 1.0, "train_fisor_s": 2.0, "eval_s": 3.0},
     }
     before = json.dumps(entry)
@@ -380,7 +383,8 @@ def test_bench_safety_gym_extend_merges_baselines_and_recomputes_the_targets():
     assert gap["bc_safe"] == 0.7 and not gap["met"] and gap["gap"] == pytest.approx(-0.1)
     assert merged["targets"]["shield_cost_reduction_ge_0.8"] == {"met": True}
     assert merged["timings"] == {"train_safefql_s": 10.0, "train_bc_safe_s": 1.0, "train_fisor_s": 2.0}
-    assert merged["extensions"] == [{"methods": ["bc_safe", "fisor"], "command": "cmd"}]
+    assert merged["extensions"] == [{"methods": ["bc_safe", "fisor", "scripted random"], "command": "cmd"}]
+    assert merged["evaluation"]["references"] == {"random": {"r_norm": 0.0}}
     settings = dict.fromkeys(sg.EXTEND_SETTINGS) | entry["settings"]
     assert sg.extension_mismatches({"settings": settings}, settings) == []
     assert sg.extension_mismatches({"settings": settings}, settings | {"seeds": 1}) == [
@@ -397,6 +401,9 @@ def test_bench_safety_gym_extend_needs_a_stored_entry_and_baselines_only(tmp_pat
     with pytest.raises(SystemExit):
         sg.main(["--quick", "--methods", "safefql,fisor", "--extend", "--out", str(out)])
     assert "--methods must list baselines only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sg.main(["--quick", "--methods", "", "--references", "", "--extend", "--out", str(out)])
+    assert "--extend: nothing to add" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         sg.main(["--quick", "--methods", "bc", "--out", str(out)])
     assert "--methods must include safefql" in capsys.readouterr().err
