@@ -6,8 +6,11 @@ least ``--min-episodes`` evaluation episodes per seed, SafeFQL's normalized rewa
 cost (mean and std over seeds), next to the main run's baselines, with the cost limit (c_norm = 1) and
 the target region (c_norm <= 1, r_norm >= BC-safe's) shaded. Runs with few episodes are left out
 because a single long stay inside a hazard moves a seed's c_norm by about 0.3 per 100 episodes.
+``--run TAG`` anchors the figure on the variant ``"<env> [TAG]"`` instead of the main run (its dataset,
+its baselines): the runs on another dataset than the main one.
 
     uv run python benchmarks/plot_safety_gym.py            # PointGoal1, 50+ episodes per seed
+    uv run python benchmarks/plot_safety_gym.py --env SafetyCarGoal1Gymnasium-v0 --run mix150
 """
 
 from __future__ import annotations
@@ -37,17 +40,19 @@ def _sibling(name: str) -> Any:
     return sys.modules[mod_name]
 
 
-def frontier_points(results: dict[str, Any], env_id: str, min_episodes: int) -> dict[str, Any]:
+def frontier_points(results: dict[str, Any], env_id: str, min_episodes: int, tag: str = "") -> dict[str, Any]:
     """``{"safefql": [(label, r, r_std, c, c_std, episodes)], "baselines": [...], "bc_safe_r": float}``.
 
-    The main run is labelled ``defaults``; variants by their tag. Raises ``ValueError`` when the results
-    hold no main run of ``env_id``.
+    The main run is labelled ``defaults``; variants by their tag. ``tag`` anchors the figure on
+    that variant's data and baselines instead of the main run's. Raises ``ValueError`` when the results
+    hold no such run of ``env_id``.
     """
     same_dataset = _sibling("bench_safety_gym").same_dataset
     envs = results.get("envs") or {}
-    main = envs.get(env_id)
+    anchor = f"{env_id} [{tag}]" if tag else env_id
+    main = envs.get(anchor)
     if not isinstance(main, dict) or "evaluation" not in main:
-        raise ValueError(f"no main run of {env_id!r} in the results (keys: {sorted(envs)[:5]}...)")
+        raise ValueError(f"no run {anchor!r} in the results (keys: {sorted(envs)[:5]}...)")
     points: list[tuple[str, float, float, float, float, int]] = []
     for key, entry in envs.items():
         m = re.fullmatch(re.escape(env_id) + r"(?: \[(.+)\])?", key)
@@ -74,6 +79,8 @@ def frontier_points(results: dict[str, Any], env_id: str, min_episodes: int) -> 
         "baselines": baselines,
         "bc_safe_r": None if bc_safe is None else bc_safe["aggregate"]["r_norm"],
         "cost_limit": (main.get("normalization") or {}).get("cost_limit"),
+        "dataset_id": (main.get("data") or {}).get("dataset_id"),
+        "anchor": f"[{tag}]" if tag else "the main run",
     }
 
 
@@ -102,11 +109,12 @@ def plot_frontier(points: dict[str, Any], env_id: str, path: Path) -> Path:
         ax.errorbar(c, r, xerr=cs, yerr=rs, fmt=marker, color="tab:orange", ms=7, capsize=2, lw=0.8)
         ax.annotate(label, (c, r), textcoords="offset points", xytext=(6, -12), fontsize=8)
     ax.plot([], [], "o", color="tab:blue", label="SafeFQL (numbered, right)")
-    ax.plot([], [], "s", color="tab:orange", label="baselines of the main run")
+    ax.plot([], [], "s", color="tab:orange", label=f"baselines of {points.get('anchor', 'the main run')}")
     ax.set_xlabel("normalized cost c_norm (mean ± std over seeds)")
     ax.set_ylabel("normalized reward r_norm")
     limit = points.get("cost_limit")
-    title = f"{env_id}: runs on one dataset" + (f", cost limit {limit:g}" if limit else "")
+    data = points.get("dataset_id") or "one dataset"
+    title = f"{env_id}: runs on {data}" + (f", cost limit {limit:g}" if limit else "")
     ax.set_title(title, fontsize=10)
     ax.set_xlim(left=0)
     ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
@@ -133,11 +141,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--results", type=Path, default=DEFAULT_IN, help="safety_gym.json")
     parser.add_argument("--env", default="SafetyPointGoal1Gymnasium-v0", help="the task (main run key)")
     parser.add_argument("--min-episodes", type=int, default=50, help="evaluation episodes per seed, at least")
+    parser.add_argument("--run", default="", help="anchor on the variant with this tag (default: main run)")
     parser.add_argument("--out", type=Path, default=None, help="PNG (default results/<task>_frontier.png)")
     args = parser.parse_args(argv)
     if not args.results.is_file():
         parser.error(f"no results file at {args.results}")
-    points = frontier_points(json.loads(args.results.read_text()), args.env, args.min_episodes)
+    try:
+        points = frontier_points(json.loads(args.results.read_text()), args.env, args.min_episodes, args.run)
+    except ValueError as e:
+        parser.error(str(e))
     name = args.env.replace("Gymnasium-v0", "").replace("Safety", "").lower()
     out = args.out or RESULTS / f"safety_gym_{name}_frontier.png"
     plot_frontier(points, args.env, out)

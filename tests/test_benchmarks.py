@@ -857,8 +857,15 @@ def test_plot_safety_gym_picks_the_runs_on_the_main_data(tmp_path, capsys):
     out = pg.main(["--results", str(path), "--out", str(tmp_path / "f.png")])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "defaults" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="no main run of 'SafetyCarGoal2Gymnasium-v0'"):
+    with pytest.raises(ValueError, match="no run 'SafetyCarGoal2Gymnasium-v0' in the results"):
         pg.frontier_points(results, "SafetyCarGoal2Gymnasium-v0", 50)
+    # anchored on the recollected variant: only the runs on its data, labelled by tag, its baselines
+    other = pg.frontier_points(results, env_id, 50, tag="recollected")
+    assert [p[0] for p in other["safefql"]] == ["recollected"] and other["baselines"] == []
+    assert other["anchor"] == "[recollected]" and other["dataset_id"] == "bench/p-v0"
+    with pytest.raises(SystemExit):
+        pg.main(["--results", str(path), "--run", "nope"])
+    assert "no run 'SafetyPointGoal1Gymnasium-v0 [nope]'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         pg.main(["--results", str(tmp_path / "missing.json")])
     assert "no results file at" in capsys.readouterr().err
