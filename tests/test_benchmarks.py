@@ -1074,3 +1074,21 @@ def test_promote_safety_gym_run_swaps_the_main_run_and_a_variant(tmp_path, capsy
     with pytest.raises(SystemExit):
         pr.main([env, "--old-main-tag", "v3", "--reason", "r", "--results", str(path)])
     assert "--tag must name the variant to promote" in capsys.readouterr().err
+
+
+def test_bench_data_subsets_cuts_disjoint_equal_parts_in_collection_order(tmp_path, monkeypatch, capsys):
+    ds = _load("bench_data_subsets")
+    ids = np.repeat(np.arange(7), 3)  # 7 episodes of 3 steps
+    parts = ds.episode_parts(ids, 3)
+    assert [p.tolist() for p in parts] == [[0, 1], [2, 3], [4, 5]]  # the 7th episode is left over
+    assert ds.episode_parts(ids, 1)[0].tolist() == list(range(7))
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match=f"cannot cut 7 episodes into {bad} parts"):
+            ds.episode_parts(ids, bad)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    with pytest.raises(SystemExit):
+        ds.main(["--dataset", "bench/missing-v0", "--out", str(tmp_path / "o.json")])
+    assert "bench/missing-v0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ds.main(["--dataset", "x", "--parts", "0"])
+    assert "--parts must be >= 1" in capsys.readouterr().err
