@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -136,7 +138,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     table.caption = f"{args.eval_episodes} evaluation episodes each; r_norm over [{r_min:.2f}, {r_max:.2f}]"
     console.print(table)
-    existing = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    try:
+        existing = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    except json.JSONDecodeError as e:
+        parser.error(f"{args.out} is not valid JSON ({e}); move it away or pass another --out")
     key = f"{args.dataset} {args.method}"
     existing[key] = {
         "env_id": env_id,
@@ -148,8 +153,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "r_min": r_min,
         "r_max": r_max,
         "rows": rows,
-        "command": "uv run python benchmarks/bench_data_subsets.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "MINARI_DATASETS_PATH={} uv run python benchmarks/bench_data_subsets.py {}".format(
+            os.environ.get("MINARI_DATASETS_PATH", "<unset>"),
+            shlex.join(sys.argv[1:] if argv is None else argv),
+        ),
         "machine": bench.machine_info(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

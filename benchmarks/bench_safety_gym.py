@@ -743,21 +743,46 @@ EXTEND_SETTINGS = (
     "quick",
     "seed",
     "seeds",
+    "baseline_steps",
     "calib_fraction",
     "eval_episodes",
     "eval_max_steps",
     "cost_limit",
 )
+# what a setting meant in entries stored before the bench recorded it
+SETTING_DEFAULTS = {"margin": "surrogate", "action_hold": 1, "switch_every": 0}
 
 
 def extension_mismatches(entry: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     """The ``EXTEND_SETTINGS`` on which an --extend run differs from the stored entry (empty: compatible)."""
     stored = entry.get("settings") or {}
-    return [
-        f"{k}: stored {stored.get(k)!r}, now {settings.get(k)!r}"
-        for k in EXTEND_SETTINGS
-        if stored.get(k) != settings.get(k)
-    ]
+    wrong = []
+    for k in EXTEND_SETTINGS:
+        if k == "baseline_steps" and k not in stored:  # older entries: the baselines ran --steps updates
+            was = stored.get("steps")
+        else:
+            was = stored.get(k, SETTING_DEFAULTS.get(k))
+        if was != settings.get(k):
+            wrong.append(f"{k}: stored {was!r}, now {settings.get(k)!r}")
+    return wrong
+
+
+def extension_standardise(entry: dict[str, Any]) -> bool:
+    """Whether an --extend run's baselines get standardised inputs: as the stored baselines did (they must
+    agree), else as the stored SafeFQL config says (older entries without the flag: raw inputs)."""
+    training = entry.get("training") or {}
+    flags = {
+        bool(t.get("normalize_observations"))
+        for name, t in training.items()
+        if name != "safefql" and isinstance(t, dict) and "skipped" not in t
+    }
+    if len(flags) > 1:
+        raise ValueError(
+            "--extend: the stored baselines saw differently scaled inputs; extend a consistent entry"
+        )
+    if flags:
+        return flags.pop()
+    return bool(((training.get("safefql") or {}).get("config") or {}).get("normalize_observations", False))
 
 
 def merge_extension(entry: dict[str, Any], new: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
@@ -768,7 +793,9 @@ def merge_extension(entry: dict[str, Any], new: dict[str, Any], record: dict[str
     timings of the extension) is appended to ``extensions``.
     """
     merged = json.loads(json.dumps(_clean(entry)))
-    merged["training"] = {**merged.get("training", {}), **new["training"]}
+    skipped = {k: v for k, v in new["training"].items() if "skipped" in v}
+    trained = {k: v for k, v in new["training"].items() if k not in skipped}
+    merged["training"] = {**merged.get("training", {}), **trained}
     merged["evaluation"]["methods"] = {**merged["evaluation"]["methods"], **new["evaluation"]["methods"]}
     new_refs = new["evaluation"].get("references") or {}
     merged["evaluation"]["references"] = {**merged["evaluation"].get("references", {}), **new_refs}
@@ -777,8 +804,9 @@ def merge_extension(entry: dict[str, Any], new: dict[str, Any], record: dict[str
     merged.setdefault("timings", {}).update(
         {k: v for k, v in new.get("timings", {}).items() if k.startswith("train_")}
     )
-    added = list(new["training"]) + [f"scripted {n}" for n in new_refs]
-    merged.setdefault("extensions", []).append({"methods": added, **record})
+    added = list(trained) + [f"scripted {n}" for n in new_refs]
+    extra = {"skipped": {k: v["skipped"] for k, v in skipped.items()}} if skipped else {}
+    merged.setdefault("extensions", []).append({"methods": added, **extra, **record})
     return merged
 
 
@@ -873,9 +901,12 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
         policies["safefql"] = [safefql_factory(p) for p in paths]
         sf_config = tr["config"]
     else:
-        sf_config = extend["training"]["safefql"]["config"]
+        sf_config = None
     bcfgs = baseline_configs(args.quick)
-    standardise = bool(sf_config["normalize_observations"])  # the baselines see what SafeFQL sees
+    # the baselines see what SafeFQL sees (an extension: what the stored baselines saw)
+    standardise = (
+        bool(sf_config["normalize_observations"]) if extend is None else extension_standardise(extend)
+    )
     for name in args.methods:
         if name == "safefql":
             continue
@@ -1154,6 +1185,17 @@ def carry_collection(env_out: dict[str, Any], entries: dict[str, dict[str, Any]]
     )
 
 
+def read_results(path: Path) -> dict[str, Any] | None:
+    """The safety_gym results stored at ``path`` (``None``: missing, unreadable or another benchmark's)."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(stored, dict) or stored.get("benchmark") != "safety_gym":
+        return None
+    return stored | {"envs": dict(stored.get("envs") or {})}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--envs", default=DEFAULT_ENVS, help="comma-separated: point, car or full env ids")
@@ -1276,6 +1318,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--methods must come from {list(METHODS)}; bad: {bad}")
     if args.extend and "safefql" in args.methods:
         parser.error("--extend adds baselines to a stored entry: --methods must list baselines only")
+    if args.extend and not args.reuse_data:
+        parser.error("--extend needs --reuse-data: the stored entry's dataset must not be collected again")
     if not args.extend and "safefql" not in args.methods:
         parser.error(f"--methods must include safefql (--extend adds baselines alone); got {args.methods}")
     from safefql.shields.wrapper import FALLBACKS
@@ -1344,16 +1388,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "shield_candidates",
         )
     }
-    existing: dict[str, Any] = {}
-    if args.out.is_file():
-        try:
-            existing = json.loads(args.out.read_text())
-        except (OSError, json.JSONDecodeError):
-            existing = {}
+    existing = read_results(args.out)
     result = {
         "benchmark": "safety_gym",
         "description": __doc__.split("\n\n")[0],
-        "envs": dict(existing.get("envs", {})) if existing.get("benchmark") == "safety_gym" else {},
+        "envs": {} if existing is None else existing["envs"],
     }
     key_of = lambda env_id: env_id if not args.tag else f"{env_id} [{args.tag}]"  # noqa: E731
     if args.extend:  # check every entry before any work
@@ -1386,19 +1425,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "wall_time_s": time.perf_counter() - t0,
         }
+        # runs take an hour: merge into the file as it is now, not as it was at the start
+        fresh = read_results(args.out)
+        if fresh is not None:
+            result["envs"] = fresh["envs"]
         if args.extend:
-            if "error" in env_out:  # the stored entry stays; the failure is recorded beside it
-                failed = record | {"methods": args.methods, "error": env_out["error"]}
-                env_out = dict(args.extend_entry)
-                env_out["extensions"] = [*env_out.get("extensions", []), failed]
-            else:
+            base = result["envs"].get(key, args.extend_entry)
+            if "error" not in env_out:
                 record |= {"timings": env_out.get("timings"), "load_avg_start": env_out.get("load_avg_start")}
-                env_out = merge_extension(args.extend_entry, env_out, record)
+                try:
+                    env_out = merge_extension(base, env_out, record)
+                except (KeyError, TypeError, ValueError) as e:
+                    env_out = {"error": f"merging into the stored entry failed: {type(e).__name__}: {e}"}
+            if "error" in env_out:  # the stored entry stays; the failure is recorded beside it
+                tried = args.methods + [f"scripted {n}" for n in args.references]
+                failed = record | {"methods": tried, "error": env_out["error"]}
+                env_out = dict(base)
+                env_out["extensions"] = [*env_out.get("extensions", []), failed]
         else:
             env_out |= record
             carry_collection(env_out, result["envs"])
         result["envs"][key] = env_out
-        result["updated"] = env_out["timestamp"]
+        result["updated"] = record["timestamp"]
         atomic_write_text(args.out, json.dumps(_clean(result), indent=1) + "\n")
         console.print(f"wrote {args.out} ({env_id})")
     return result

@@ -471,10 +471,14 @@ def render_safety_gym_entry(key: str, e: dict[str, Any]) -> list[str]:
     for ext in e.get("extensions") or []:  # baselines added later on the same data (bench --extend)
         if isinstance(ext, dict) and isinstance(ext.get("command"), str):
             methods = ", ".join(str(m) for m in ext.get("methods") or [])
-            notes = [_cell(ext["timestamp"])] if ext.get("timestamp") else []
-            notes += [f"failed: {_cell(ext['error'])}"] if ext.get("error") else []
-            when = f" ({'; '.join(notes)})" if notes else ""
-            lines.append(f"Then {methods} added on the same data{when}: `{ext['command']}`  ")
+            when = f" ({_cell(ext['timestamp'])})" if ext.get("timestamp") else ""
+            if ext.get("error"):
+                lines.append(
+                    f"Then adding {methods or 'nothing'} on the same data failed{when} "
+                    f"({_cell(ext['error'])}): `{ext['command']}`  "
+                )
+            else:
+                lines.append(f"Then {methods} added on the same data{when}: `{ext['command']}`  ")
     lines += [machine_line(e), ""]
     if e.get("error"):
         lines += [f"Failed: {_cell(e['error'])}", ""]

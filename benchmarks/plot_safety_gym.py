@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> Path:
     except ValueError as e:
         parser.error(str(e))
     name = args.env.replace("Gymnasium-v0", "").replace("Safety", "").lower()
-    out = args.out or RESULTS / f"safety_gym_{name}_frontier.png"
+    out = args.out or RESULTS / f"safety_gym_{name}{'_' + args.run if args.run else ''}_frontier.png"
     plot_frontier(points, args.env, out)
     for label, r, _, c, _, episodes in points["safefql"]:
         print(f"{label:28s} r_norm {r:.3f}  c_norm {c:.3f}  ({episodes} episodes per seed)")

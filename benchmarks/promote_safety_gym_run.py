@@ -59,8 +59,11 @@ def promote(
     run = dict(pool[variant])
     if source is None:
         del envs[variant]
-    if env_id in envs:
-        envs[demoted] = envs.pop(env_id)
+    if env_id in envs:  # the old main keeps its history, but is no longer "the main run since ..."
+        old = dict(envs.pop(env_id))
+        if "promoted" in old:
+            old["promotion_history"] = [*old.get("promotion_history", []), old.pop("promoted")]
+        envs[demoted] = old
     envs[env_id] = run | {
         "promoted": {
             "from": variant if source is None else f"{variant} in {source_name}",

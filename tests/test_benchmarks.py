@@ -396,13 +396,17 @@ def test_bench_safety_gym_extend_needs_a_stored_entry_and_baselines_only(tmp_pat
     sg = _load("bench_safety_gym")
     out = tmp_path / "none.json"
     with pytest.raises(SystemExit):
-        sg.main(["--quick", "--envs", "car", "--methods", "fisor", "--extend", "--out", str(out)])
+        sg.main(
+            ["--quick", "--envs", "car", "--methods", "fisor", "--extend", "--reuse-data", "--out", str(out)]
+        )
     assert "holds no finished SafeFQL entry 'SafetyCarGoal1Gymnasium-v0'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         sg.main(["--quick", "--methods", "safefql,fisor", "--extend", "--out", str(out)])
     assert "--methods must list baselines only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        sg.main(["--quick", "--methods", "", "--references", "", "--extend", "--out", str(out)])
+        sg.main(
+            ["--quick", "--methods", "", "--references", "", "--extend", "--reuse-data", "--out", str(out)]
+        )
     assert "--extend: nothing to add" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         sg.main(["--quick", "--methods", "bc", "--out", str(out)])
@@ -609,7 +613,8 @@ def test_make_readme_names_the_commands_that_extended_an_entry():
     text = "\n".join(mr.render_safety_gym_entry("Env", entry))
     assert "Reproduce: `bench --methods safefql,bc`" in text
     assert "Then fisor added on the same data (T1): `bench --methods fisor --extend`" in text
-    assert "bc_safe added on the same data (failed: boom): `bench --methods bc_safe --extend`" in text
+    assert "Then adding bc_safe on the same data failed (boom): `bench --methods bc_safe --extend`" in text
+    assert "bc_safe added" not in text
 
 
 def test_make_readme_summarises_variants_and_writes_their_tables_to_docs(tmp_path):
@@ -1071,6 +1076,8 @@ def test_promote_safety_gym_run_swaps_the_main_run_and_a_variant(tmp_path, capsy
     assert stored[env]["command"] == "bench --episodes 450 --out side.json"
     assert stored[env]["promoted"]["from"] == f"{env} in {side}"
     assert stored[f"{env} [v2]"]["command"] == "new --tag mix450" and f"{env} [mix150]" in stored
+    assert "promoted" not in stored[f"{env} [v2]"]  # demoted: its promotion is history now
+    assert stored[f"{env} [v2]"]["promotion_history"][0]["from"] == f"{env} [mix450]"
     with pytest.raises(SystemExit):
         pr.main([env, "--old-main-tag", "v3", "--reason", "r", "--results", str(path)])
     assert "--tag must name the variant to promote" in capsys.readouterr().err
@@ -1092,3 +1099,66 @@ def test_bench_data_subsets_cuts_disjoint_equal_parts_in_collection_order(tmp_pa
     with pytest.raises(SystemExit):
         ds.main(["--dataset", "x", "--parts", "0"])
     assert "--parts must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_safety_gym_extend_reads_older_entries_and_skipped_baselines():
+    sg = _load("bench_safety_gym")
+    now = dict.fromkeys(sg.EXTEND_SETTINGS) | {"margin": "surrogate", "action_hold": 1, "switch_every": 0}
+    now |= {"steps": 15000, "baseline_steps": 15000}
+    old = {
+        k: v for k, v in now.items() if k not in ("margin", "action_hold", "switch_every", "baseline_steps")
+    }
+    assert sg.extension_mismatches({"settings": old}, now) == []  # missing keys read as their old defaults
+    assert sg.extension_mismatches({"settings": old}, now | {"baseline_steps": 30000}) == [
+        "baseline_steps: stored 15000, now 30000"
+    ]
+    # inputs as the stored baselines saw them; they must agree; else SafeFQL's flag (absent: raw)
+    raw_bc = {"safefql": {"config": {"normalize_observations": True}}, "bc": {"normalize_observations": None}}
+    assert sg.extension_standardise({"training": raw_bc}) is False
+    assert sg.extension_standardise({"training": {"safefql": {"config": {"normalize_observations": True}}}})
+    assert sg.extension_standardise({"training": {"safefql": {"config": {}}}}) is False
+    mixed = raw_bc | {"bc_safe": {"normalize_observations": True}}
+    with pytest.raises(ValueError, match="differently scaled inputs"):
+        sg.extension_standardise({"training": mixed})
+    entry = {
+        "training": {"safefql": {}, "bc_safe": {"steps": 5}},
+        "evaluation": {"methods": {"bc_safe": {"aggregate": {"r_norm": 0.5, "c_norm": 0.5}}}},
+    }
+    new = {
+        "training": {"bc_safe": {"skipped": "no zero-cost episode"}, "bc": {"steps": 1}},
+        "evaluation": {"methods": {"bc": {"aggregate": {"r_norm": 0.9, "c_norm": 2.0}}}},
+    }
+    merged = sg.merge_extension(entry, new, {})
+    assert merged["training"]["bc_safe"] == {"steps": 5}  # the stored row stays
+    assert merged["extensions"] == [{"methods": ["bc"], "skipped": {"bc_safe": "no zero-cost episode"}}]
+
+
+def test_bench_safety_gym_failed_extension_keeps_the_entry(tmp_path, monkeypatch, capsys):
+    sg = _load("bench_safety_gym")
+    env = "SafetyCarGoal1Gymnasium-v0"
+    argv = ["--quick", "--envs", "car", "--methods", "bc", "--references", "random", "--extend"]
+    out = tmp_path / "sg.json"
+    stored = {
+        "command": "first",
+        "timestamp": "T0",
+        "training": {"safefql": {"config": {"normalize_observations": True}}},
+        "evaluation": {"methods": {}},
+    }
+
+    def run_env(env_id, args, console):
+        raise RuntimeError("the env broke")
+
+    monkeypatch.setattr(sg, "run_env", run_env)
+    with pytest.raises(SystemExit):  # an extension never collects the data again
+        sg.main([*argv, "--out", str(out)])
+    assert "--extend needs --reuse-data" in capsys.readouterr().err
+    quick = dict.fromkeys(sg.EXTEND_SETTINGS) | {"quick": True, "episodes": 3, "steps": 200, "seeds": 1}
+    quick |= {"baseline_steps": 200, "eval_episodes": 2, "eval_max_steps": 200, "data_seed": 0, "seed": 0}
+    quick |= {"calib_fraction": 0.1, "cost_limit": 25.0, "margin": "surrogate", "action_hold": 1}
+    quick |= {"switch_every": 0}
+    out.write_text(json.dumps({"benchmark": "safety_gym", "envs": {env: stored | {"settings": quick}}}))
+    sg.main([*argv, "--reuse-data", "--out", str(out), "--work-dir", str(tmp_path)])
+    entry = json.loads(out.read_text())["envs"][env]
+    assert entry["command"] == "first" and entry["evaluation"] == {"methods": {}}
+    (failed,) = entry["extensions"]
+    assert failed["methods"] == ["bc", "scripted random"] and "the env broke" in failed["error"]
