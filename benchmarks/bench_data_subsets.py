@@ -49,6 +49,14 @@ def episode_parts(episode_ids: np.ndarray, parts: int) -> list[np.ndarray]:
     return [ids[i * size : (i + 1) * size] for i in range(parts)]
 
 
+def stored_results(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The results stored at ``path`` (empty when there is none); a file that is not JSON is an error."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError as e:
+        parser.error(f"{path} is not valid JSON ({e}); move it away or pass another --out")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="a collected dataset id (or path)")
@@ -65,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in ("steps", "seeds", "eval_episodes", "parts"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    stored_results(args.out, parser)  # a bad results file fails now, not after the training
     bench = _bench()
     from rich.console import Console
     from rich.table import Table
@@ -138,10 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     table.caption = f"{args.eval_episodes} evaluation episodes each; r_norm over [{r_min:.2f}, {r_max:.2f}]"
     console.print(table)
-    try:
-        existing = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    except json.JSONDecodeError as e:
-        parser.error(f"{args.out} is not valid JSON ({e}); move it away or pass another --out")
+    existing = stored_results(args.out, parser)  # read again: other runs may have written meanwhile
     key = f"{args.dataset} {args.method}"
     existing[key] = {
         "env_id": env_id,

@@ -899,14 +899,10 @@ def run_env(env_id: str, args: Any, console: Any) -> dict[str, Any]:
             return lambda _seed: fast.act
 
         policies["safefql"] = [safefql_factory(p) for p in paths]
-        sf_config = tr["config"]
+        standardise = bool(tr["config"]["normalize_observations"])  # the baselines see what SafeFQL sees
     else:
-        sf_config = None
+        standardise = extension_standardise(extend)  # what the stored baselines saw
     bcfgs = baseline_configs(args.quick)
-    # the baselines see what SafeFQL sees (an extension: what the stored baselines saw)
-    standardise = (
-        bool(sf_config["normalize_observations"]) if extend is None else extension_standardise(extend)
-    )
     for name in args.methods:
         if name == "safefql":
             continue

@@ -1099,6 +1099,11 @@ def test_bench_data_subsets_cuts_disjoint_equal_parts_in_collection_order(tmp_pa
     with pytest.raises(SystemExit):
         ds.main(["--dataset", "x", "--parts", "0"])
     assert "--parts must be >= 1" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit):  # before any loading or training
+        ds.main(["--dataset", "bench/missing-v0", "--out", str(bad)])
+    assert "bad.json is not valid JSON" in capsys.readouterr().err
 
 
 def test_bench_safety_gym_extend_reads_older_entries_and_skipped_baselines():
